@@ -1,0 +1,293 @@
+"""Registration of VSPW (480p release) and of any dataset stored in the same layout.
+
+Layout under ``root`` (SPEC section 2; see datasets/README.md)::
+
+    train.txt, val.txt, test.txt       one video name per line
+    data/<video>/origin/<frame>.jpg    every frame of the video
+    data/<video>/mask/<frame>.png      annotation of (some of) the frames; raw values 0..N, 255
+
+Registered for VSPW (root ``$DETECTRON2_DATASETS/VSPW_480p``): ``vspw_train_seen``,
+``vspw_{val,test}_{unseen,seen,all}``. Registration never touches the disk; files are listed
+when ``DatasetCatalog.get(name)`` is first called. Ground truth is relabelled on the fly by
+the mapper/evaluator through the metadata's ``label_lut`` (raw value -> label id).
+"""
+import collections
+import os
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from ..vspw_classes import VSPW_NUM_SEEN, class_name_to_text, get_vspw_class_names
+
+__all__ = [
+    "VideoFrameList",
+    "natural_sort_key",
+    "read_image_size",
+    "vspw_protocol_metadata",
+    "load_vspw_video",
+    "load_vspw_split",
+    "read_split_file",
+    "register_dataset",
+    "register_vspw_split",
+    "register_vspw_family",
+    "register_all_vspw",
+    "SPLIT_PROTOCOLS",
+    "PROTOCOLS",
+]
+
+IGNORE_LABEL = 255
+PROTOCOLS = ("seen", "unseen", "all")
+# Training data is only used with the seen vocabulary; evaluation splits get all three protocols.
+SPLIT_PROTOCOLS: Dict[str, Sequence[str]] = {"train": ("seen",)}
+_EVAL_PROTOCOLS = ("unseen", "seen", "all")
+_README = "datasets/README.md"
+
+
+class VideoFrameList(list):
+    """A list of frame paths that share one directory, pickled as (directory, file names).
+
+    detectron2 pickles every dataset record separately; with one record per annotated frame a
+    plain list of full paths would be stored ~70 times per VSPW video (about 1 GB for the
+    training split). Behaves exactly like ``list[str]`` of full paths otherwise.
+    """
+
+    def __init__(self, directory: str, file_names: Sequence[str]):
+        super().__init__(os.path.join(directory, f) for f in file_names)
+        self._directory = directory
+
+    def __reduce__(self):
+        names = tuple(os.path.basename(p) for p in self)
+        if any(os.path.join(self._directory, n) != p for n, p in zip(names, self)):
+            return (list, (list(self),))  # modified after construction: pickle as a plain list
+        return (VideoFrameList, (self._directory, names))
+
+
+def natural_sort_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers numerically ("9.jpg" < "10.jpg")."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
+
+
+def read_image_size(path: str) -> tuple:
+    """(height, width) of an image from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except OSError as e:
+        raise OSError(f"cannot read the image header of {path}: {e}") from e
+    return height, width
+
+
+def vspw_protocol_metadata(
+    class_names: Sequence[str],
+    num_seen: int,
+    protocol: str,
+    class_texts: Optional[Sequence[str]] = None,
+) -> dict:
+    """Vocabulary and label mapping of one evaluation protocol.
+
+    Raw mask value r in 1..N is class ``class_names[r - 1]``; raw ids 1..num_seen are seen,
+    the rest unseen; raw 0 ("others") and 255 ("void") are ignored; any other raw value is
+    not allowed (lut -1).
+
+    Args:
+        class_names: the N class names in raw-id order.
+        num_seen: how many of them (the first ones) are seen in training.
+        protocol: "seen" (vocabulary = seen names, unseen pixels ignored), "unseen" (unseen
+            names, seen pixels ignored) or "all" (every name).
+        class_texts: prompt texts in the same order (default: :func:`class_name_to_text`).
+    Returns:
+        dict with stuff_classes, class_texts, label_lut, seen_classes, unseen_classes.
+    """
+    num = len(class_names)
+    if not 0 < num <= 254:
+        raise ValueError(f"a VSPW-layout dataset needs 1..254 classes, got {num}")
+    if not 0 <= num_seen <= num:
+        raise ValueError(f"num_seen={num_seen} must lie in [0, {num}]")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    texts = [class_name_to_text(n) for n in class_names] if class_texts is None else list(class_texts)
+    if len(texts) != num:
+        raise ValueError(f"{len(texts)} class_texts for {num} class names")
+
+    first_raw, last_raw = {"seen": (1, num_seen), "unseen": (num_seen + 1, num), "all": (1, num)}[protocol]
+    lut = [-1] * 256
+    lut[0] = lut[IGNORE_LABEL] = IGNORE_LABEL
+    for raw in range(1, num + 1):
+        lut[raw] = raw - first_raw if first_raw <= raw <= last_raw else IGNORE_LABEL
+    vocab = list(range(first_raw - 1, last_raw))  # indices into class_names
+    # seen/unseen are indices into this protocol's vocabulary
+    seen = [i for i, c in enumerate(vocab) if c < num_seen]
+    unseen = [i for i, c in enumerate(vocab) if c >= num_seen]
+    return {
+        "stuff_classes": [class_names[c] for c in vocab],
+        "class_texts": [texts[c] for c in vocab],
+        "label_lut": lut,
+        "seen_classes": seen,
+        "unseen_classes": unseen,
+    }
+
+
+def _list_files(directory: str, suffix: str) -> List[str]:
+    return sorted((e.name for e in os.scandir(directory) if e.is_file() and e.name.endswith(suffix)), key=natural_sort_key)
+
+
+def load_vspw_video(root: str, video: str, listed_in: str = "the split file") -> List[dict]:
+    """Records of one video of a VSPW-layout dataset (one per mask, in frame order).
+
+    Args:
+        root: dataset root.
+        video: video name (a directory under ``root/data``).
+        listed_in: where the video name came from, quoted in errors.
+    """
+    frame_dir = os.path.join(root, "data", video, "origin")
+    mask_dir = os.path.join(root, "data", video, "mask")
+    frames = _list_files(frame_dir, ".jpg") if os.path.isdir(frame_dir) else []
+    if not frames:
+        raise FileNotFoundError(f"video {video!r} listed in {listed_in} has no frames: no .jpg in {frame_dir}")
+    if not os.path.isdir(mask_dir):
+        raise FileNotFoundError(f"video {video!r} listed in {listed_in} has no mask directory {mask_dir}")
+    masks = _list_files(mask_dir, ".png")
+    if not masks:
+        raise ValueError(f"video {video!r} listed in {listed_in} has no annotation: no .png in {mask_dir}")
+    video_frames = VideoFrameList(frame_dir, frames)
+    index = {os.path.splitext(f)[0]: i for i, f in enumerate(frames)}
+    height, width = read_image_size(video_frames[0])  # VSPW frames of one video share a size
+    records = []
+    for mask in masks:
+        stem = os.path.splitext(mask)[0]
+        if stem not in index:
+            raise FileNotFoundError(
+                f"mask {os.path.join(mask_dir, mask)} has no matching frame {os.path.join(frame_dir, stem + '.jpg')}"
+            )
+        i = index[stem]
+        records.append(
+            {
+                "file_name": video_frames[i],
+                "sem_seg_file_name": os.path.join(mask_dir, mask),
+                "video_id": video,
+                "frame_index": i,
+                "video_frames": video_frames,
+                "height": height,
+                "width": width,
+            }
+        )
+    return records
+
+
+def read_split_file(root: str, split: str, hint: str = f"see {_README}") -> Tuple[str, List[str]]:
+    """Path of ``root/{split}.txt`` and the video names it lists (checked: present, non-empty, unique)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset root {root} does not exist ({hint}; the root is read from $DETECTRON2_DATASETS)")
+    split_file = os.path.join(root, f"{split}.txt")
+    if not os.path.isfile(split_file):
+        raise FileNotFoundError(f"split file {split_file} does not exist ({hint})")
+    with open(split_file, encoding="utf-8") as f:
+        videos = [line.strip() for line in f if line.strip()]
+    if not videos:
+        raise ValueError(f"split file {split_file} lists no video")
+    duplicates = sorted(v for v, n in collections.Counter(videos).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"split file {split_file} lists videos more than once: {duplicates[:5]}")
+    return split_file, videos
+
+
+def load_vspw_split(root: str, split: str, hint: str = f"see {_README}") -> List[dict]:
+    """List one split of a VSPW-layout dataset: one record per mask file.
+
+    Args:
+        root: dataset root (holds ``{split}.txt`` and ``data/``).
+        split: "train", "val" or "test" (any name with a ``{split}.txt`` file).
+        hint: appended to "file not found" errors (how to obtain the data).
+    Returns:
+        records ``{"file_name", "sem_seg_file_name", "video_id", "frame_index",
+        "video_frames", "height", "width"}``, videos in split-file order, frames in order.
+    """
+    split_file, videos = read_split_file(root, split, hint)
+    records = []
+    for video in videos:
+        records.extend(load_vspw_video(root, video, split_file))
+    return records
+
+
+def register_dataset(name: str, loader: Callable[[], List[dict]], metadata: dict, overwrite: bool = False) -> None:
+    """Register ``loader`` under ``name`` with ``metadata`` (plus the shared evaluation keys).
+
+    With ``overwrite`` an existing registration of ``name`` (records and metadata) is replaced.
+    """
+    if overwrite and name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if overwrite and name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(ignore_label=IGNORE_LABEL, evaluator_type="video_sem_seg", **metadata)
+
+
+def register_vspw_split(
+    name: str,
+    root: str,
+    split: str,
+    class_names: Sequence[str],
+    num_seen: int,
+    protocol: str,
+    class_texts: Optional[Sequence[str]] = None,
+    hint: str = f"see {_README}",
+    overwrite: bool = False,
+) -> None:
+    """Register one (split, protocol) of a VSPW-layout dataset under ``name`` (no disk access).
+
+    ``hidden_raw_ids`` (pixels hidden from the input by INPUT.MASK_UNSEEN_PIXELS) holds the
+    unseen raw ids for the training split and is empty otherwise.
+    """
+    meta = vspw_protocol_metadata(class_names, num_seen, protocol, class_texts)
+    hidden = list(range(num_seen + 1, len(class_names) + 1)) if split == "train" and protocol == "seen" else []
+    data_root = os.path.join(root, "data")
+    register_dataset(
+        name,
+        lambda: load_vspw_split(root, split, hint),
+        dict(meta, hidden_raw_ids=hidden, image_root=data_root, sem_seg_root=data_root, dataset_root=root),
+        overwrite=overwrite,
+    )
+
+
+def register_vspw_family(
+    prefix: str,
+    root: str,
+    class_names: Sequence[str],
+    num_seen: int,
+    splits: Sequence[str] = ("train", "val", "test"),
+    class_texts: Optional[Sequence[str]] = None,
+    hint: str = f"see {_README}",
+    overwrite: bool = False,
+) -> List[str]:
+    """Register ``{prefix}_train_seen`` and ``{prefix}_{split}_{unseen,seen,all}`` for the others.
+
+    Args:
+        prefix: name prefix ("vspw", "vspw_toy", ...).
+        root: dataset root in the VSPW layout.
+        class_names: class names in raw-id order (raw id = index + 1).
+        num_seen: the first ``num_seen`` classes are seen, the rest unseen.
+        splits: split names (each a ``{split}.txt`` file); "train" is registered with the
+            seen protocol only (SPLIT_PROTOCOLS), every other split with all three.
+        class_texts: prompt texts (default: "_or_" -> ", ", "_" -> " ").
+        hint: how to obtain the data, appended to "file not found" errors.
+        overwrite: replace existing registrations of the same names.
+    Returns:
+        the registered dataset names.
+    """
+    names = []
+    for split in splits:
+        for protocol in SPLIT_PROTOCOLS.get(split, _EVAL_PROTOCOLS):
+            name = f"{prefix}_{split}_{protocol}"
+            register_vspw_split(name, root, split, class_names, num_seen, protocol, class_texts, hint, overwrite)
+            names.append(name)
+    return names
+
+
+def register_all_vspw(datasets_root: str) -> List[str]:
+    """Register the official VSPW datasets found under ``datasets_root/VSPW_480p``."""
+    return register_vspw_family("vspw", os.path.join(datasets_root, "VSPW_480p"), get_vspw_class_names(), VSPW_NUM_SEEN)
+
+
+register_all_vspw(os.getenv("DETECTRON2_DATASETS", "datasets"))

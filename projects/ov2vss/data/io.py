@@ -1,0 +1,121 @@
+"""Reading video frames and label masks with errors that name the offending file.
+
+Shared by the video mapper, the evaluator and the demo: every failure (missing file,
+corrupt image, wrong mask layout, label values a dataset does not allow) raises an
+exception whose message contains the path, so a bad file in a 3000-video dataset can be
+found without a debugger.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from detectron2.data import detection_utils as utils
+from PIL import Image
+
+__all__ = ["read_frame", "read_mask", "relabel", "check_same_size"]
+
+
+def _require_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+
+
+def read_frame(path: str, fmt: str = "RGB") -> np.ndarray:
+    """Read one video frame as a uint8 HxWxC array in ``fmt`` (detectron2's
+    ``read_image`` formats: "RGB", "BGR", "L", ...).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file exists but cannot be decoded (corrupt/truncated image).
+    """
+    _require_file(path, "frame")
+    try:
+        image = utils.read_image(path, format=fmt)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL reports corrupt data with these
+        raise ValueError(f"cannot read frame {path}: {e}") from e
+    return np.ascontiguousarray(image)
+
+
+def read_mask(path: str) -> np.ndarray:
+    """Read a label mask (single-channel PNG, values 0..255) as a uint8 HxW array.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded, has several channels or values > 255.
+    """
+    _require_file(path, "mask")
+    try:
+        with Image.open(path) as img:
+            # "P" (palette) masks hold class ids as palette indices: keep the indices.
+            mask = np.asarray(img)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read mask {path}: {e}") from e
+    if mask.ndim != 2:
+        raise ValueError(
+            f"mask {path} must be a single-channel image (HxW), got shape {mask.shape}"
+        )
+    if mask.dtype != np.uint8:
+        # 16/32-bit PNGs are accepted as long as the values fit into the 0..255 label space.
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError(
+                f"mask {path} has values outside 0..255 (min {mask.min()}, max {mask.max()})"
+            )
+        mask = mask.astype(np.uint8)
+    return mask
+
+
+def relabel(
+    mask: np.ndarray,
+    lut: Optional[Sequence[int]],
+    path: str,
+    num_classes: Optional[int] = None,
+    ignore_label: int = 255,
+) -> np.ndarray:
+    """Map raw mask values to label ids through a 256-entry look-up table.
+
+    Args:
+        mask: uint8 HxW raw mask.
+        lut: ``lut[raw] = label id`` in ``[0, num_classes)`` or ``ignore_label``; -1 marks raw
+            values the dataset does not allow. ``None`` keeps the raw values.
+        path: the mask file, named in error messages.
+        num_classes: when given, every resulting label must be in ``[0, num_classes)`` or
+            equal ``ignore_label``.
+        ignore_label: the ignored label id.
+
+    Returns:
+        int64 HxW array of label ids.
+
+    Raises:
+        ValueError: naming ``path`` and the offending values.
+    """
+    mask = np.asarray(mask)
+    if lut is None:
+        labels = mask.astype(np.int64)
+    else:
+        lut_arr = np.asarray(lut, dtype=np.int64)
+        if lut_arr.shape != (256,):
+            raise ValueError(f"label_lut must have 256 entries, got shape {lut_arr.shape}")
+        labels = lut_arr[mask]
+        bad = labels < 0
+        if bad.any():
+            raw = np.unique(mask[bad]).tolist()
+            raise ValueError(f"mask {path} contains raw values not allowed in this dataset: {raw}")
+    if num_classes is not None:
+        bad = (labels >= num_classes) & (labels != ignore_label)
+        if bad.any():
+            raise ValueError(
+                f"mask {path} has label values outside the class range [0, {num_classes}) "
+                f"(ignore {ignore_label}): {np.unique(labels[bad]).tolist()}"
+            )
+    return labels
+
+
+def check_same_size(
+    array: np.ndarray, path: str, ref_shape: Sequence[int], ref_path: str, what: str
+) -> None:
+    """Raise ValueError naming both files when ``array``'s HxW differs from ``ref_shape``."""
+    h, w = array.shape[:2]
+    rh, rw = ref_shape[:2]
+    if (h, w) != (rh, rw):
+        raise ValueError(f"{what} {path} has size {w}x{h} (WxH) but {ref_path} has size {rw}x{rh}")

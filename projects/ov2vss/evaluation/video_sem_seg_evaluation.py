@@ -1,0 +1,405 @@
+"""Video semantic segmentation evaluator: per-frame IoU/accuracy metrics, the seen/unseen
+split of the open-vocabulary protocol, and VSPW's video consistency (VC_n).
+
+A sibling of detectron2's :class:`~detectron2.evaluation.SemSegEvaluator` with the same
+``reset/process/evaluate`` interface. Ground truth is read from the dataset records at the
+original resolution and relabelled through the metadata's ``label_lut`` (SPEC section 4).
+"""
+
+import json
+import logging
+import math
+import os
+import zlib
+from collections import OrderedDict, defaultdict
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import create_small_table
+
+from ..data.io import check_same_size, read_mask, relabel
+
+__all__ = ["VideoSemSegEvaluator"]
+
+FrameKey = Tuple[str, int]  # (video_id, frame_index)
+
+
+class _FrameMaps(NamedTuple):
+    """What the evaluator keeps of one frame: zlib-compressed label maps, so that a whole
+    VSPW split (~24.5k frames of 480x853) fits in memory and can be gathered cheaply."""
+
+    file_name: str
+    gt_file: str
+    shape: Tuple[int, int]
+    gt: Optional[bytes]  # relabelled ground truth (label ids, ignore label included)
+    pred: Optional[bytes]  # argmax prediction
+
+
+class VideoSemSegEvaluator(DatasetEvaluator):
+    """Evaluate video semantic segmentation outputs ``{"sem_seg": Tensor[C, H, W]}``.
+
+    Metrics (all in percent, under ``results["sem_seg"]``):
+
+    * ``mIoU``, ``mACC``: mean of the per-class IoU = TP / (TP + FP + FN) and accuracy
+      = TP / (TP + FN) over the classes **present in the ground truth** (GT pixel count > 0);
+      classes absent from the GT still get ``IoU-<c>`` / ``ACC-<c>`` keys, with value NaN
+      (as detectron2's SemSegEvaluator), and do not enter any mean.
+    * ``fwIoU`` = sum_c freq_gt(c) * IoU(c), freq_gt(c) = GT pixels of c / valid GT pixels.
+    * ``pACC`` = correctly labelled pixels / valid GT pixels.
+    * ``mIoU-seen`` / ``mIoU-unseen``: mIoU over the metadata's ``seen_classes`` /
+      ``unseen_classes`` present in the GT; ``hIoU`` = 2su / (s + u) when both groups are
+      non-empty. When only one group is non-empty only its mean is reported.
+    * ``mVC<n>`` for each window ``n`` of ``vc_windows``: VSPW's VC_perclip. Per video, frames
+      sorted by ``frame_index``; for every window start ``i in range(len - n)``,
+      ``G = AND_{j<n} (GT_i == GT_{i+j})``, ``P = AND_{j<n} (Pred_i == Pred_{i+j})`` and
+      ``VC = |G & P| / |G|``. Windows with ``|G| = 0`` are left out; the score is the mean over
+      all windows of all videos, NaN (with a warning) when there is no window. As in VSPW's
+      reference script, no pixel is filtered out by the ignore label.
+
+    The confusion matrix (over pixels whose GT is not the ignore label) is accumulated in
+    :meth:`process`; for VC each frame's GT and prediction maps are kept zlib-compressed.
+    Under DDP, :meth:`evaluate` gathers the state on the main process, which computes the
+    metrics; the other processes return None.
+
+    Frames may arrive in any order and be spread over processes; evaluating the same
+    ``(video_id, frame_index)`` twice raises ``ValueError`` (it points to a sampler bug).
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        vc_windows: Sequence[int] = (8, 16),
+        dump_predictions: bool = False,
+    ):
+        """
+        Args:
+            dataset_name: a registered dataset following the project's conventions (records
+                with ``file_name``/``sem_seg_file_name``/``video_id``/``frame_index``; metadata
+                with ``stuff_classes``, ``label_lut``, ``seen_classes``/``unseen_classes``).
+            distributed: gather results from all processes and compute on the main one.
+            output_dir: where ``metrics.json`` (and, with ``dump_predictions``,
+                ``sem_seg_predictions.json``) is written; None writes nothing.
+            vc_windows: window lengths n of the video-consistency metrics ``mVC<n>``.
+            dump_predictions: also write detectron2-style per-frame RLE predictions
+                (large on VSPW; off by default).
+        """
+        self._logger = logging.getLogger(__name__)
+        self._dataset_name = dataset_name
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._vc_windows = _check_windows(vc_windows)
+        self._dump_predictions = bool(dump_predictions)
+
+        meta = MetadataCatalog.get(dataset_name)
+        self._class_names: List[str] = list(meta.stuff_classes)
+        self._num_classes = len(self._class_names)
+        duplicated = sorted({c for c in self._class_names if self._class_names.count(c) > 1})
+        if duplicated:
+            raise ValueError(
+                f"dataset '{dataset_name}' has duplicated class names {duplicated}; "
+                "per-class metric keys would collide"
+            )
+        self._ignore_label = int(meta.get("ignore_label", 255))
+        # Without a label_lut the mask values are taken as label ids (checked against C).
+        self._label_lut = meta.get("label_lut", None)
+        self._seen = _class_group(meta, "seen_classes", self._num_classes, dataset_name)
+        self._unseen = _class_group(meta, "unseen_classes", self._num_classes, dataset_name)
+        self._dataset_id_of = None
+        if meta.get("stuff_dataset_id_to_contiguous_id", None):
+            self._dataset_id_of = {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}
+
+        self._records: Dict[str, Dict[str, Any]] = {
+            r["file_name"]: r for r in DatasetCatalog.get(dataset_name)
+        }
+        # Label maps are only needed for VC and for the prediction dump.
+        self._keep_maps = bool(self._vc_windows) or self._dump_predictions
+        fits_uint8 = self._num_classes <= 256 and 0 <= self._ignore_label <= 255
+        self._map_dtype = np.uint8 if fits_uint8 else np.int32
+        self._cpu_device = torch.device("cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        self._conf_matrix = np.zeros((self._num_classes, self._num_classes), dtype=np.int64)
+        self._frames: Dict[FrameKey, _FrameMaps] = {}
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, torch.Tensor]]) -> None:
+        """
+        Args:
+            inputs: dicts with at least ``file_name`` (a frame of the dataset), ``video_id``
+                and ``frame_index`` (taken from the dataset record when absent).
+            outputs: dicts with ``sem_seg``: float Tensor[C, H, W] of class scores at the
+                original frame resolution.
+        """
+        if len(inputs) != len(outputs):
+            raise ValueError(f"got {len(inputs)} inputs but {len(outputs)} outputs")
+        for inp, out in zip(inputs, outputs):
+            file_name = inp["file_name"]
+            record = self._records.get(file_name)
+            if record is None:
+                raise ValueError(f"{file_name} is not a frame of dataset '{self._dataset_name}'")
+            gt_file = record.get("sem_seg_file_name")
+            if not gt_file:
+                raise ValueError(
+                    f"{file_name} in dataset '{self._dataset_name}' has no sem_seg_file_name"
+                )
+            key = (
+                str(inp.get("video_id", record["video_id"])),
+                int(inp.get("frame_index", record["frame_index"])),
+            )
+            if key in self._frames:
+                raise ValueError(_duplicate_message(key, self._frames[key].file_name, file_name))
+
+            pred = self._prediction(out, file_name)
+            gt = relabel(
+                read_mask(gt_file),
+                self._label_lut,
+                gt_file,
+                num_classes=self._num_classes,
+                ignore_label=self._ignore_label,
+            )
+            check_same_size(gt, gt_file, pred.shape, f"the prediction for {file_name}", "mask")
+
+            valid = gt != self._ignore_label
+            flat = self._num_classes * gt[valid] + pred[valid]
+            self._conf_matrix += np.bincount(flat, minlength=self._num_classes**2).reshape(
+                self._num_classes, self._num_classes
+            )
+            self._frames[key] = _FrameMaps(
+                file_name,
+                gt_file,
+                tuple(gt.shape),
+                self._compress(gt) if self._vc_windows else None,
+                self._compress(pred) if self._keep_maps else None,
+            )
+
+    def evaluate(self) -> Optional["OrderedDict[str, Dict[str, float]]"]:
+        """Return ``OrderedDict(sem_seg={metric: value in percent})`` on the main process
+        (None on the others); write ``metrics.json`` into ``output_dir`` when given."""
+        state = {"conf_matrix": self._conf_matrix, "frames": self._frames}
+        if self._distributed:
+            comm.synchronize()
+            states = comm.gather(state, dst=0)
+            if not comm.is_main_process():
+                return None
+        else:
+            states = [state]
+        conf_matrix, frames = _merge_states(states)
+        if not frames:
+            self._logger.warning(
+                f"VideoSemSegEvaluator on '{self._dataset_name}' received no predictions."
+            )
+            return OrderedDict()
+
+        res, per_class = self._segmentation_metrics(conf_matrix)
+        for n, score in self._video_consistency(frames).items():
+            res[f"mVC{n}"] = 100 * score
+        summary = res.copy()
+        res.update(per_class)
+
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            with PathManager.open(os.path.join(self._output_dir, "metrics.json"), "w") as f:
+                # strict JSON: NaN (class absent from the GT, no VC window) becomes null
+                json.dump({"sem_seg": _nan_to_none(res)}, f, indent=2, allow_nan=False)
+            if self._dump_predictions:
+                self._dump(frames)
+        self._logger.info(
+            f"Video semantic segmentation results on '{self._dataset_name}' "
+            f"({len(frames)} frames):\n" + create_small_table(summary)
+        )
+        return OrderedDict(sem_seg=res)
+
+    # ------------------------------------------------------------------ helpers
+    def _prediction(self, output: Dict[str, torch.Tensor], file_name: str) -> np.ndarray:
+        scores = output["sem_seg"]
+        if scores.ndim != 3 or scores.shape[0] != self._num_classes:
+            raise ValueError(
+                f"prediction for {file_name} must be a Tensor[C, H, W] with C = "
+                f"{self._num_classes} (classes of '{self._dataset_name}'), "
+                f"got shape {tuple(scores.shape)}"
+            )
+        return scores.argmax(dim=0).to(self._cpu_device).numpy().astype(np.int64)
+
+    def _compress(self, label_map: np.ndarray) -> bytes:
+        # level 1: label maps are mostly flat regions, higher levels barely help and cost time
+        return zlib.compress(np.ascontiguousarray(label_map, dtype=self._map_dtype).tobytes(), 1)
+
+    def _decompress(self, data: bytes, shape: Tuple[int, int]) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(data), dtype=self._map_dtype).reshape(shape)
+
+    def _segmentation_metrics(
+        self, conf: np.ndarray
+    ) -> Tuple["OrderedDict[str, float]", "OrderedDict[str, float]"]:
+        """Summary metrics and per-class IoU/ACC (percent) from a [GT, prediction] matrix."""
+        tp = conf.diagonal().astype(np.float64)
+        pos_gt = conf.sum(axis=1).astype(np.float64)
+        pos_pred = conf.sum(axis=0).astype(np.float64)
+        present = pos_gt > 0
+        iou = np.full(self._num_classes, np.nan)
+        acc = np.full(self._num_classes, np.nan)
+        acc[present] = tp[present] / pos_gt[present]
+        # union >= GT count > 0 for present classes
+        iou[present] = tp[present] / (pos_gt + pos_pred - tp)[present]
+        total = pos_gt.sum()
+
+        res: "OrderedDict[str, float]" = OrderedDict()
+        res["mIoU"] = 100 * _mean(iou[present])
+        res["fwIoU"] = (
+            100 * float(np.sum(pos_gt[present] * iou[present]) / total) if total else math.nan
+        )
+        res["mACC"] = 100 * _mean(acc[present])
+        res["pACC"] = 100 * float(tp.sum() / total) if total else math.nan
+        group_miou = {}
+        for name, group in (("seen", self._seen), ("unseen", self._unseen)):
+            if group:  # an empty group (e.g. vspw_val_unseen has no seen class) is not reported
+                group_miou[name] = 100 * _mean(iou[group][present[group]])
+                res[f"mIoU-{name}"] = group_miou[name]
+        if len(group_miou) == 2:
+            res["hIoU"] = _harmonic_mean(group_miou["seen"], group_miou["unseen"])
+
+        per_class: "OrderedDict[str, float]" = OrderedDict()
+        for i, name in enumerate(self._class_names):
+            per_class[f"IoU-{name}"] = 100 * float(iou[i])
+        for i, name in enumerate(self._class_names):
+            per_class[f"ACC-{name}"] = 100 * float(acc[i])
+        return res, per_class
+
+    def _video_consistency(self, frames: Dict[FrameKey, _FrameMaps]) -> "OrderedDict[int, float]":
+        """mVC<n> for every window n (see the class docstring), as fractions."""
+        if not self._vc_windows:
+            return OrderedDict()
+        scores: Dict[int, List[float]] = {n: [] for n in self._vc_windows}
+        videos: Dict[str, List[Tuple[int, _FrameMaps]]] = defaultdict(list)
+        for (video_id, frame_index), maps in frames.items():
+            videos[video_id].append((frame_index, maps))
+
+        for video_id in sorted(videos):
+            clip = [maps for _, maps in sorted(videos[video_id], key=lambda x: x[0])]
+            length = len(clip)
+            for maps in clip[1:]:
+                if maps.shape != clip[0].shape:
+                    raise ValueError(
+                        f"frames of video '{video_id}' differ in size: {clip[0].gt_file} is "
+                        f"{clip[0].shape} but {maps.gt_file} is {maps.shape} (HxW)"
+                    )
+            # Each frame is decoded once; only the frames of the current window stay decoded.
+            decoded: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+            for i in range(length - min(self._vc_windows)):
+                for k in [k for k in decoded if k < i]:
+                    del decoded[k]
+                windows = [n for n in self._vc_windows if i < length - n]
+                ref_gt, ref_pred = self._decoded(clip, i, decoded)
+                gt_same = np.ones(clip[i].shape, dtype=bool)
+                pred_same = np.ones(clip[i].shape, dtype=bool)
+                for j in range(1, max(windows)):
+                    gt_j, pred_j = self._decoded(clip, i + j, decoded)
+                    gt_same &= ref_gt == gt_j
+                    pred_same &= ref_pred == pred_j
+                    if j + 1 in windows:  # gt_same / pred_same now span a window of j + 1
+                        consistent_gt = int(gt_same.sum())
+                        if consistent_gt:
+                            both = int(np.logical_and(gt_same, pred_same).sum())
+                            scores[j + 1].append(both / consistent_gt)
+
+        result: "OrderedDict[int, float]" = OrderedDict()
+        for n in self._vc_windows:
+            if not scores[n]:
+                self._logger.warning(
+                    f"mVC{n} on '{self._dataset_name}' is NaN: no video has a window of {n} "
+                    "evaluated frames with consistent ground truth"
+                )
+            result[n] = float(np.mean(scores[n])) if scores[n] else math.nan
+        return result
+
+    def _decoded(
+        self, clip: List[_FrameMaps], index: int, cache: Dict[int, Tuple[np.ndarray, np.ndarray]]
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        if index not in cache:
+            maps = clip[index]
+            cache[index] = (
+                self._decompress(maps.gt, maps.shape),
+                self._decompress(maps.pred, maps.shape),
+            )
+        return cache[index]
+
+    def _dump(self, frames: Dict[FrameKey, _FrameMaps]) -> None:
+        """Write detectron2's ``sem_seg_predictions.json``: one RLE per (frame, class)."""
+        import pycocotools.mask as mask_util
+
+        entries = []
+        for key in sorted(frames):
+            maps = frames[key]
+            pred = self._decompress(maps.pred, maps.shape)
+            for label in np.unique(pred).tolist():
+                rle = mask_util.encode(
+                    np.asfortranarray((pred == label)[:, :, None], dtype=np.uint8)
+                )[0]
+                rle["counts"] = rle["counts"].decode("utf-8")
+                category = self._dataset_id_of[label] if self._dataset_id_of else label
+                entries.append(
+                    {"file_name": maps.file_name, "category_id": category, "segmentation": rle}
+                )
+        with PathManager.open(os.path.join(self._output_dir, "sem_seg_predictions.json"), "w") as f:
+            json.dump(entries, f)
+
+
+def _check_windows(vc_windows: Sequence[int]) -> Tuple[int, ...]:
+    windows = tuple(int(n) for n in vc_windows)
+    bad = [n for n in vc_windows if int(n) != n or n < 2]
+    if bad:
+        raise ValueError(
+            f"vc_windows must be integers >= 2 (frames per window), got {list(vc_windows)}"
+        )
+    return tuple(sorted(set(windows)))
+
+
+def _class_group(meta: Any, field: str, num_classes: int, dataset_name: str) -> List[int]:
+    group = [int(c) for c in meta.get(field, None) or []]
+    bad = [c for c in group if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(
+            f"metadata {field} of '{dataset_name}' has class indices outside "
+            f"[0, {num_classes}): {bad}"
+        )
+    return group
+
+
+def _duplicate_message(key: FrameKey, first: str, second: str) -> str:
+    return (
+        f"frame {key[1]} of video '{key[0]}' evaluated twice ({first} and {second}); "
+        "the test sampler must visit every frame once"
+    )
+
+
+def _merge_states(states: List[Dict[str, Any]]) -> Tuple[np.ndarray, Dict[FrameKey, _FrameMaps]]:
+    """Sum the confusion matrices and join the frame maps of all processes."""
+    conf_matrix = sum(s["conf_matrix"] for s in states)
+    frames: Dict[FrameKey, _FrameMaps] = {}
+    for state in states:
+        for key, maps in state["frames"].items():
+            if key in frames:
+                raise ValueError(_duplicate_message(key, frames[key].file_name, maps.file_name))
+            frames[key] = maps
+    return conf_matrix, frames
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else math.nan
+
+
+def _harmonic_mean(s: float, u: float) -> float:
+    if math.isnan(s) or math.isnan(u):
+        return math.nan
+    return 2 * s * u / (s + u) if s + u > 0 else 0.0
+
+
+def _nan_to_none(metrics: Dict[str, float]) -> Dict[str, Optional[float]]:
+    return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}

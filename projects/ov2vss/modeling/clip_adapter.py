@@ -1,0 +1,267 @@
+"""CLIP (open_clip) for OV2VSS: model loading, prompt-ensembled text embeddings, dense image features.
+
+The text side gives F^T (paper Eq. 11: one embedding per class name, averaged over prompt
+templates as in ZegFormer/ViLD); the image side gives the dense features F^V used by the video
+text encoding (Eq. 11) and the cost volume (Eq. 12).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# ViLD's prompt set (Gu et al., "Open-vocabulary object detection via vision and language
+# knowledge distillation"), the usual choice of open-vocabulary segmentation projects.
+VILD_TEMPLATES: Tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+
+def get_prompt_templates(spec: Union[str, Sequence[str]]) -> List[str]:
+    """Resolve MODEL.CLIP.PROMPT_TEMPLATES: "vild", "imagenet" (CLIP's 80), "single", or a list."""
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key == "vild":
+            return list(VILD_TEMPLATES)
+        if key == "imagenet":
+            from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+            # open_clip stores them as callables; "{}" keeps our str.format convention
+            return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+        if key == "single":
+            return ["a photo of a {}."]
+        raise ValueError(
+            f"MODEL.CLIP.PROMPT_TEMPLATES={spec!r}: expected 'vild', 'imagenet', 'single' or a list"
+        )
+    templates = [str(t) for t in spec]
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"prompt templates must be non-empty and contain '{{}}': {templates}")
+    return templates
+
+
+def _resolve_arch(arch: str) -> str:
+    """An open_clip model name, a json model-config file, or a config shipped in clip_configs/.
+
+    Json configs are registered with open_clip under their file stem (only when asked for,
+    never at import).
+    """
+    import open_clip
+
+    path = arch
+    if not arch.endswith(".json"):
+        if arch in open_clip.list_models():
+            return arch
+        path = os.path.join(os.path.dirname(__file__), "clip_configs", arch + ".json")
+        if not os.path.isfile(path):
+            raise ValueError(f"MODEL.CLIP.ARCH={arch!r} is not an open_clip model or model-config json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.CLIP.ARCH: open_clip model config {path} does not exist")
+    open_clip.add_model_config(path)
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def build_open_clip(arch: str, pretrained: str) -> nn.Module:
+    """Create an open_clip model; `pretrained` is a tag ("openai"), a checkpoint file, or ""."""
+    import open_clip
+
+    name = _resolve_arch(arch)
+    looks_like_path = bool(pretrained) and (
+        os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    )
+    if looks_like_path and not os.path.isfile(pretrained):
+        raise FileNotFoundError(f"MODEL.CLIP.PRETRAINED: checkpoint file {pretrained} does not exist")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained or None)
+    except Exception as e:  # network errors, unknown tags, corrupt files: say which weights
+        raise RuntimeError(
+            f"could not load CLIP weights MODEL.CLIP.PRETRAINED={pretrained!r} for {name}: {e}. "
+            "Use an open_clip tag (needs a network), a local checkpoint file, or '' for random init."
+        ) from e
+    return model
+
+
+class CLIPAdapter(nn.Module):
+    """Owns the open_clip model; encodes vocabularies (cached) and frames (dense features).
+
+    Args:
+        clip_model: an open_clip ``CLIP`` model.
+        arch_name: its open_clip model name (selects the tokenizer).
+        templates: prompt templates with one "{}" for the class text.
+        finetune: "none" (frozen), "attention" (attention layers of both towers), "image"
+            (whole image tower, text frozen) or "full".
+        input_size: short side of the frames fed to the image tower for dense features.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        arch_name: str,
+        templates: Sequence[str],
+        finetune: str = "none",
+        input_size: int = 384,
+    ):
+        super().__init__()
+        self.model = clip_model
+        self.arch_name = arch_name
+        self._tokenizer = None
+        self.templates = list(templates)
+        self.input_size = int(input_size)
+        self.finetune = finetune
+        self._set_trainable(finetune)
+        visual = clip_model.visual
+        mean = getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+        std = getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        # CLIP normalisation of 0..255 RGB pixels (not saved: it comes with the arch)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, False)
+        self._text_cache: Dict[Tuple[Tuple[str, ...], str], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ parameters
+    def _set_trainable(self, finetune: str) -> None:
+        if finetune not in ("none", "attention", "image", "full"):
+            raise ValueError(f"MODEL.CLIP.FINETUNE={finetune!r}: expected none|attention|image|full")
+        for name, p in self.model.named_parameters():
+            if finetune == "full":
+                p.requires_grad_(True)
+            elif finetune == "image":
+                p.requires_grad_(name.startswith("visual."))
+            elif finetune == "attention":
+                p.requires_grad_(".attn." in name)
+            else:
+                p.requires_grad_(False)
+
+    @property
+    def text_trainable(self) -> bool:
+        return any(p.requires_grad for n, p in self.model.named_parameters() if not n.startswith("visual."))
+
+    @property
+    def embed_dim(self) -> int:
+        proj = self.model.text_projection
+        return proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
+
+    @property
+    def patch_size(self) -> int:
+        ps = self.model.visual.patch_size
+        return ps[0] if isinstance(ps, (tuple, list)) else int(ps)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._text_cache.clear()  # a trainable text tower changes its embeddings
+        return self
+
+    # ------------------------------------------------------------------ text
+    def encode_vocabulary(self, class_texts: Sequence[str]) -> torch.Tensor:
+        """F^T: L2-normalised embeddings [N, D], mean over prompt templates.
+
+        Computed lazily on the model's device and cached per vocabulary while the text tower
+        is frozen (or in eval mode).
+        """
+        if len(class_texts) == 0:
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        device = self.pixel_mean.device
+        key = (tuple(class_texts), str(device))
+        use_cache = not (self.training and self.text_trainable)
+        if use_cache and key in self._text_cache:
+            return self._text_cache[key]
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.arch_name)
+        prompts = [t.format(c) for c in class_texts for t in self.templates]
+        tokens = self._tokenizer(prompts).to(device)
+        with torch.set_grad_enabled(self.training and self.text_trainable):
+            emb = self.model.encode_text(tokens)
+        emb = F.normalize(emb.float(), dim=-1).view(len(class_texts), len(self.templates), -1)
+        emb = F.normalize(emb.mean(dim=1), dim=-1)
+        if use_cache:
+            self._text_cache[key] = emb.detach()
+        return emb
+
+    # ------------------------------------------------------------------ image
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """F^V: dense, projected CLIP image features [B, D, h, w] of 0..255 RGB images [B,3,H,W].
+
+        The frames are resized so that the short side is ``input_size`` (multiple of the patch
+        size), the position embedding is interpolated to the patch grid, and every patch token
+        goes through ln_post and the projection, as the class token does in CLIP.
+        """
+        ps = self.patch_size
+        h, w = images.shape[-2:]
+        scale = self.input_size / min(h, w)
+        gh, gw = max(1, round(h * scale / ps)), max(1, round(w * scale / ps))
+        x = F.interpolate(images.float(), size=(gh * ps, gw * ps), mode="bilinear", align_corners=False)
+        x = (x - self.pixel_mean) / self.pixel_std
+        visual = self.model.visual
+        tokens = vit_patch_tokens(visual, x)[-1]  # [B, gh*gw, width]
+        x = visual.ln_post(tokens)
+        if visual.proj is not None:
+            x = x @ visual.proj
+        return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
+
+def vit_patch_tokens(visual: nn.Module, x: torch.Tensor, out_layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+    """Run an open_clip VisionTransformer on normalised images of any size (multiple of the patch).
+
+    The position embedding is interpolated to the patch grid. Returns the patch tokens
+    (class token dropped) after each block in `out_layers` (1-based), or after the last block.
+    """
+    x = visual.conv1(x)  # [B, width, gh, gw]
+    gh, gw = x.shape[-2:]
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + _interpolated_pos_embed(visual.positional_embedding, gh, gw).to(x.dtype)
+    x = visual.ln_pre(x)
+    blocks = visual.transformer.resblocks
+    wanted = set(out_layers) if out_layers else {len(blocks)}
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    outs = []
+    for i, block in enumerate(blocks, start=1):
+        x = block(x)
+        if i in wanted:
+            outs.append((x if batch_first else x.transpose(0, 1))[:, 1:])
+    return outs
+
+
+def _interpolated_pos_embed(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """CLIP's [1 + g*g, width] position embedding resized (bicubic) to a gh x gw grid."""
+    cls_pos, grid_pos = pos[:1], pos[1:]
+    g = int(round(grid_pos.shape[0] ** 0.5))
+    if (gh, gw) != (g, g):
+        grid_pos = grid_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid_pos = F.interpolate(grid_pos, size=(gh, gw), mode="bicubic", align_corners=False)
+        grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
+    return torch.cat([cls_pos, grid_pos], dim=0).unsqueeze(0)
+
+
+def build_clip_adapter(cfg) -> CLIPAdapter:
+    """Build the CLIP adapter from MODEL.CLIP.* (weights loaded here, text encoded lazily)."""
+    model = build_open_clip(cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED)
+    return CLIPAdapter(
+        model,
+        _resolve_arch(cfg.MODEL.CLIP.ARCH),
+        get_prompt_templates(cfg.MODEL.CLIP.PROMPT_TEMPLATES),
+        finetune=cfg.MODEL.CLIP.FINETUNE,
+        input_size=cfg.MODEL.CLIP.INPUT_SIZE,
+    )

@@ -1,0 +1,82 @@
+"""Class-count-agnostic prediction head (paper Eqs. 12-15, SPEC section 3).
+
+Every (class, pixel) pair is scored from that class's cost-volume slice joined with the pixel
+features, so the same weights serve any vocabulary size:
+  X~ = Conv(X)                       per-class conv refinement of the cost volume (shared weights)
+  X^ = Linear(Concat[X~, U^1])       Eq. 13, position features from the shallowest backbone map
+  X' = Concat[Upsample(X^), O^_t]    Eq. 14, joined with the temporally enhanced features
+  logits = phi_seg(X')               Eq. 15
+Cost notes: both Linear layers act on a concatenation, so each is split into a per-class part
+and a per-pixel part that is computed once and broadcast over classes; decoding happens at
+`decoder_stride` and the logits are upsampled. No N x (C' + C) x H x W tensor is built at full
+resolution. No normalisation layer runs inside the per-class branch: normalising each class
+slice on its own would erase how strongly that class matches, which is the signal.
+"""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .video_text_encoding import cosine_cost_volume
+
+
+class OpenVocabularyHead(nn.Module):
+    def __init__(
+        self,
+        pos_in_channels: int,
+        temporal_dim: int,
+        cost_dim: int = 32,
+        pos_dim: int = 32,
+        decoder_dim: int = 64,
+        temperature_init: float = 0.07,
+    ):
+        super().__init__()
+        # learnable sharpness of the cosine cost volume (CLIP-style logit scale)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
+        self.cost_conv = nn.Sequential(
+            nn.Conv2d(1, cost_dim, 7, padding=3), nn.GELU(), nn.Conv2d(cost_dim, cost_dim, 3, padding=1)
+        )
+        self.pos_proj = nn.Conv2d(pos_in_channels, pos_dim, 1)
+        # Eq. 13's Linear on Concat[X~, U^1], split into its two halves
+        self.cost_in = nn.Conv2d(cost_dim, cost_dim, 1)
+        self.pos_in = nn.Conv2d(pos_dim, cost_dim, 1, bias=False)
+        # first layer of phi_seg on Concat[X^, O^_t], split likewise
+        self.dec_cost = nn.Conv2d(cost_dim, decoder_dim, 1)
+        self.dec_temporal = nn.Conv2d(temporal_dim, decoder_dim, 1, bias=False)
+        self.decoder = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(decoder_dim, decoder_dim, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(decoder_dim, 1, 1),
+        )
+
+    def forward(
+        self, cost: torch.Tensor, u1: torch.Tensor, o_hat: torch.Tensor, size: Tuple[int, int]
+    ) -> torch.Tensor:
+        """cost X [B, N, h, w]; u1 [B, C1, ., .]; o_hat [B, C, ., .] -> logits [B, N, *size]."""
+        bsz, num_classes = cost.shape[:2]
+        x = self.cost_conv(cost.reshape(bsz * num_classes, 1, *cost.shape[-2:]) * self.log_scale.exp())
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        pos = self.pos_in(self.pos_proj(F.adaptive_avg_pool2d(u1, size)))  # [B, C', h, w]
+        x = self.cost_in(x).view(bsz, num_classes, -1, *size) + pos.unsqueeze(1)  # X^ (Eq. 13)
+        temporal = self.dec_temporal(F.interpolate(o_hat, size=size, mode="bilinear", align_corners=False))
+        x = self.dec_cost(x.flatten(0, 1)).view(bsz, num_classes, -1, *size) + temporal.unsqueeze(1)
+        return self.decoder(x.flatten(0, 1)).view(bsz, num_classes, *size)
+
+
+class TextAlignedAuxHead(nn.Module):
+    """phi_aux of Eq. 7, kept vocabulary-free: O_t is projected into the CLIP text space and
+    scored by cosine similarity with the class embeddings (so checkpoints carry no class count)."""
+
+    def __init__(self, in_dim: int, embed_dim: int, temperature_init: float = 0.07):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_dim, in_dim, 3, padding=1), nn.GELU(), nn.Conv2d(in_dim, embed_dim, 1)
+        )
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
+
+    def forward(self, o_t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """o_t [B, C, H, W], text [N, D] or [B, N, D] -> logits [B, N, H, W]."""
+        return cosine_cost_volume(text, self.proj(o_t)) * self.log_scale.exp()

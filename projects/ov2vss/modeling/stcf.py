@@ -1,0 +1,95 @@
+"""STCF: Spatial-Temporal Context Fusion (paper III-A, Eqs. 3-7).
+
+Gradual fusion over the clip t-k_1 -> ... -> t-k_n -> t at every backbone scale l:
+D_past starts as the P2T-pooled feature of the first frame (Eq. 2); for each next frame,
+Q = FC(U), K = FC(D_past), V = FC(D_past) (Eq. 3), A = softmax(Q K^T / sqrt(c)) and
+N = A V (Eq. 4), and D_past <- f(N) (pooled again, so keys stay P tokens: attention is
+HW x P, never HW x HW). For the target frame the per-scale attention maps are aggregated from
+deep to shallow, B^L = A^L, B^l = Conv(Upsample(B^{l+1}) + A^l) (Eq. 5, maps seen as
+P x H_l x W_l images), and O_t = B^1 V^1_past (Eq. 6). O_t is then fused with the target's own
+features by channel concatenation + Linear ("concat") or element-wise addition ("add") — the
+"fusing strategy" ablation of Table III. The auxiliary loss of Eq. 7 is applied by the
+meta-architecture on the returned feature.
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .p2t_pooling import P2TPooling
+
+
+class SpatialTemporalContextFusion(nn.Module):
+    """Fuse a clip's multi-scale features into the target frame's features O_t.
+
+    Args:
+        dim: channel width C of every (already projected) scale.
+        pools: the P2T pooling f(.) of each scale (shared with the rest of the model).
+        fusion: "concat" or "add" (how O_t joins the target's own finest-scale feature).
+    """
+
+    def __init__(self, dim: int, pools: Sequence[P2TPooling], fusion: str = "concat"):
+        super().__init__()
+        if fusion not in ("concat", "add"):
+            raise ValueError(f"MODEL.OV2VSS.STCF.FUSION={fusion!r}: expected 'concat' or 'add'")
+        num_scales = len(pools)
+        num_tokens = pools[0].num_tokens
+        if any(p.num_tokens != num_tokens for p in pools):
+            raise ValueError("all scales must pool to the same number of tokens P")
+        self.pools = pools
+        self.scale = dim**-0.5
+        self.q_proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_scales))
+        self.k_proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_scales))
+        self.v_proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_scales))
+        # Eq. 5: one conv per aggregation step, acting on the P attention channels
+        self.aggregate = nn.ModuleList(
+            nn.Conv2d(num_tokens, num_tokens, 3, padding=1) for _ in range(num_scales - 1)
+        )
+        self.fusion = fusion
+        self.fuse = nn.Linear(2 * dim, dim) if fusion == "concat" else None
+        self.norm = nn.LayerNorm(dim)
+
+    def attention(self, scale: int, feat: torch.Tensor, past: torch.Tensor):
+        """A = softmax(Q K^T / sqrt(c)) [B, HW, P] and V [B, P, C] for one scale (Eqs. 3-4)."""
+        q = self.q_proj[scale](feat.flatten(2).transpose(1, 2))
+        k = self.k_proj[scale](past)
+        v = self.v_proj[scale](past)
+        return torch.softmax(q @ k.transpose(1, 2) * self.scale, dim=-1), v
+
+    def step(self, feats: List[torch.Tensor], past: List[torch.Tensor]) -> List[torch.Tensor]:
+        """One intermediate fusion step: D_past <- f(A V) at every scale."""
+        new_past = []
+        for s, (feat, d) in enumerate(zip(feats, past)):
+            attn, v = self.attention(s, feat, d)
+            n = (attn @ v).transpose(1, 2).reshape(feat.shape)
+            new_past.append(self.pools[s](n))
+        return new_past
+
+    def finish(self, feats: List[torch.Tensor], past: List[torch.Tensor]) -> torch.Tensor:
+        """Target step: cross-scale affinity aggregation (Eq. 5), O_t = B^1 V^1 (Eq. 6), fusion."""
+        b = None
+        values = None
+        for s in reversed(range(len(feats))):
+            attn, v = self.attention(s, feats[s], past[s])
+            h, w = feats[s].shape[-2:]
+            a = attn.transpose(1, 2).reshape(attn.shape[0], -1, h, w)  # [B, P, H_l, W_l]
+            if b is None:
+                b = a
+            else:
+                up = F.interpolate(b, size=(h, w), mode="bilinear", align_corners=False)
+                b = self.aggregate[s](up + a)
+            values = v
+        target = feats[0]
+        o_t = (b.flatten(2).transpose(1, 2) @ values)  # [B, H_1 W_1, C]
+        own = target.flatten(2).transpose(1, 2)
+        fused = self.fuse(torch.cat([own, o_t], dim=-1)) if self.fuse is not None else own + o_t
+        return self.norm(fused).transpose(1, 2).reshape(target.shape)
+
+    def forward(self, clip_feats: List[List[torch.Tensor]], first_pooled: List[torch.Tensor]) -> torch.Tensor:
+        """clip_feats[i][l]: frame i's projected scale-l map [B, C, H_l, W_l], target last;
+        first_pooled[l]: f(U^l) of frame 0 [B, P, C]. Returns O_t [B, C, H_1, W_1]."""
+        past = list(first_pooled)
+        for frame_feats in clip_feats[1:-1]:
+            past = self.step(frame_feats, past)
+        return self.finish(clip_feats[-1], past)

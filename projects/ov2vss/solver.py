@@ -1,0 +1,110 @@
+"""Optimizer and learning-rate schedule of OV2VSS (SPEC section 5).
+
+AdamW (or SGD) with per-module learning-rate multipliers — backbone, CLIP, and the new
+modules (x10 in the official code) — detectron2's gradient clipping, and a linear warm-up
+followed by poly decay.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+from fvcore.common.param_scheduler import ParamScheduler, PolynomialDecayParamScheduler
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_NORM_TYPES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+)
+
+
+def _module_group(name: str) -> str:
+    if name.startswith("backbone."):
+        return "backbone"
+    if name.startswith("clip."):
+        return "clip"
+    return "head"
+
+
+def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
+    """One parameter group per trainable parameter, with lr / weight decay by module.
+
+    Norm parameters, biases and learnable temperatures get WEIGHT_DECAY_NORM (0 by default).
+    """
+    base_lr = cfg.SOLVER.BASE_LR
+    multipliers = {
+        "backbone": cfg.SOLVER.BACKBONE_MULTIPLIER,
+        "clip": cfg.SOLVER.CLIP_MULTIPLIER,
+        "head": cfg.SOLVER.HEAD_MULTIPLIER,
+    }
+    no_decay = set()
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if isinstance(module, _NORM_TYPES) or pname == "bias" or p.ndim <= 1:
+                no_decay.add(id(p))
+    groups, seen = [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        wd = cfg.SOLVER.WEIGHT_DECAY_NORM if id(p) in no_decay else cfg.SOLVER.WEIGHT_DECAY
+        groups.append({"params": [p], "lr": base_lr * multipliers[_module_group(name)], "weight_decay": wd})
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    groups = build_param_groups(cfg, model)
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name == "ADAMW":
+        optim_cls, kwargs = torch.optim.AdamW, {"lr": cfg.SOLVER.BASE_LR}
+    elif name == "SGD":
+        optim_cls, kwargs = torch.optim.SGD, {"lr": cfg.SOLVER.BASE_LR, "momentum": cfg.SOLVER.MOMENTUM}
+    else:
+        raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: expected ADAMW or SGD")
+    return maybe_add_gradient_clipping(cfg, optim_cls)(groups, **kwargs)
+
+
+class _ClampedScheduler(ParamScheduler):
+    """Holds the last value past the end instead of failing: a run resumed with a smaller
+    SOLVER.MAX_ITER than its checkpoint's iteration must not crash the schedule."""
+
+    def __init__(self, inner: ParamScheduler):
+        self.inner = inner
+
+    def __call__(self, where: float) -> float:
+        return self.inner(min(max(where, 0.0), 1.0 - 1e-9))
+
+
+class _PolyWithFloor(ParamScheduler):
+    def __init__(self, power: float, floor: float):
+        self.poly = PolynomialDecayParamScheduler(1.0, power)
+        self.floor = floor
+
+    def __call__(self, where: float) -> float:
+        return max(self.poly(where), self.floor)
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """WarmupPolyLR: linear (or constant) warm-up, then (1 - iter/max_iter)^power decay."""
+    name = cfg.SOLVER.LR_SCHEDULER_NAME
+    if name != "WarmupPolyLR":
+        from detectron2.solver import build_lr_scheduler as d2_build
+
+        return d2_build(cfg, optimizer)
+    max_iter = max(cfg.SOLVER.MAX_ITER, 1)
+    sched = _PolyWithFloor(cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING)
+    sched = WarmupParamScheduler(
+        sched,
+        cfg.SOLVER.WARMUP_FACTOR,
+        min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0),
+        cfg.SOLVER.WARMUP_METHOD,
+        cfg.SOLVER.RESCALE_INTERVAL,
+    )
+    return LRMultiplier(optimizer, multiplier=_ClampedScheduler(sched), max_iter=max_iter)
