@@ -10,6 +10,7 @@ shipped ``*_gtFine_labelIds.png`` through the official id -> trainId table below
 cityscapesscripts when it is installed. ``--check-sequences`` reports annotated frames whose
 30-frame snippet is incomplete in ``leftImg8bit_sequence``. See datasets/README.md.
 """
+
 import argparse
 import glob
 import os
@@ -56,11 +57,15 @@ def _has_cityscapesscripts() -> bool:
     return True
 
 
-def create_train_id_labels(root: str, split: str, method: str = "auto", overwrite: bool = False) -> int:
+def create_train_id_labels(
+    root: str, split: str, method: str = "auto", overwrite: bool = False
+) -> int:
     """Create the missing ``*_gtFine_labelTrainIds.png`` of ``split``; returns how many were written."""
     gt_root = os.path.join(root, "gtFine", split)
     if not os.path.isdir(gt_root):
-        raise FileNotFoundError(f"{gt_root} does not exist (download gtFine_trainvaltest.zip, see datasets/README.md)")
+        raise FileNotFoundError(
+            f"{gt_root} does not exist (download gtFine_trainvaltest.zip, see datasets/README.md)"
+        )
     if method == "auto":
         method = "cityscapesscripts" if _has_cityscapesscripts() else "builtin"
     suffix = _POLYGONS if method == "cityscapesscripts" else _LABEL_IDS
@@ -92,17 +97,29 @@ def check_sequences(root: str, split: str) -> List[str]:
     for record in load_cityscapes_video(root, split):
         missing = [p for p in record["video_frames"] if not os.path.isfile(p)]
         if missing:
-            problems.append(f"{record['sem_seg_file_name']}: {len(missing)} of {len(record['video_frames'])} snippet frames missing, e.g. {missing[0]}")
+            problems.append(
+                f"{record['sem_seg_file_name']}: {len(missing)} of {len(record['video_frames'])} snippet frames missing, e.g. {missing[0]}"
+            )
     return problems
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "cityscapes"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "cityscapes")
+    )
     parser.add_argument("--splits", nargs="+", default=["val"])
-    parser.add_argument("--method", default="auto", choices=["auto", "cityscapesscripts", "builtin"])
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing *_labelTrainIds.png")
-    parser.add_argument("--check-sequences", action="store_true", help="report incomplete 30-frame snippets")
+    parser.add_argument(
+        "--method", default="auto", choices=["auto", "cityscapesscripts", "builtin"]
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="rewrite existing *_labelTrainIds.png"
+    )
+    parser.add_argument(
+        "--check-sequences", action="store_true", help="report incomplete 30-frame snippets"
+    )
     args = parser.parse_args(argv)
     problems = []
     for split in args.splits:

@@ -11,6 +11,7 @@ tree's label_num_dic_final.json (if present) matches the class list shipped with
 Nothing is written: VSPW needs no conversion (relabelling happens on the fly). See
 datasets/README.md.
 """
+
 import argparse
 import os
 import sys
@@ -31,7 +32,16 @@ def _check_masks(records: List[dict], masks_per_video: int) -> List[str]:
     """Size and value checks of ``masks_per_video`` masks spread over the video (-1: all)."""
     if masks_per_video == 0:
         return []
-    picks = records if masks_per_video < 0 else [records[i] for i in np.linspace(0, len(records) - 1, min(masks_per_video, len(records))).round().astype(int)]
+    picks = (
+        records
+        if masks_per_video < 0
+        else [
+            records[i]
+            for i in np.linspace(0, len(records) - 1, min(masks_per_video, len(records)))
+            .round()
+            .astype(int)
+        ]
+    )
     problems = []
     for r in picks:
         try:
@@ -40,24 +50,34 @@ def _check_masks(records: List[dict], masks_per_video: int) -> List[str]:
             problems.append(f"{r['sem_seg_file_name']}: unreadable ({e})")
             continue
         if mask.ndim != 2:
-            problems.append(f"{r['sem_seg_file_name']}: expected a single-channel mask, got shape {mask.shape}")
+            problems.append(
+                f"{r['sem_seg_file_name']}: expected a single-channel mask, got shape {mask.shape}"
+            )
             continue
         if mask.shape != (r["height"], r["width"]):
-            problems.append(f"{r['sem_seg_file_name']}: size {mask.shape} differs from the frames' {(r['height'], r['width'])}")
+            problems.append(
+                f"{r['sem_seg_file_name']}: size {mask.shape} differs from the frames' {(r['height'], r['width'])}"
+            )
         bad = sorted(set(np.unique(mask).tolist()) - ALLOWED_VALUES)
         if bad:
-            problems.append(f"{r['sem_seg_file_name']}: values {bad[:10]} outside 0..{VSPW_NUM_CLASSES} and 255")
+            problems.append(
+                f"{r['sem_seg_file_name']}: values {bad[:10]} outside 0..{VSPW_NUM_CLASSES} and 255"
+            )
     return problems
 
 
-def check_vspw(root: str, splits: Sequence[str], masks_per_video: int = 1) -> Tuple[List[str], List[str]]:
+def check_vspw(
+    root: str, splits: Sequence[str], masks_per_video: int = 1
+) -> Tuple[List[str], List[str]]:
     """Check the tree; returns (problems, summary lines)."""
     problems, summary = [], []
     label_file = os.path.join(root, "label_num_dic_final.json")
     if os.path.isfile(label_file):
         try:
             if parse_label_num_dic(label_file) != get_vspw_class_names():
-                problems.append(f"{label_file}: class names differ from the list shipped with ov2vss")
+                problems.append(
+                    f"{label_file}: class names differ from the list shipped with ov2vss"
+                )
         except ValueError as e:
             problems.append(str(e))
     for split in splits:
@@ -67,7 +87,9 @@ def check_vspw(root: str, splits: Sequence[str], masks_per_video: int = 1) -> Tu
             problems.append(str(e))
             continue
         if split in EXPECTED_VIDEOS and len(videos) != EXPECTED_VIDEOS[split]:
-            summary.append(f"note: {split_file} lists {len(videos)} videos; the 480p release has {EXPECTED_VIDEOS[split]}")
+            summary.append(
+                f"note: {split_file} lists {len(videos)} videos; the 480p release has {EXPECTED_VIDEOS[split]}"
+            )
         num_records = num_frames = 0
         for video in videos:
             try:
@@ -78,15 +100,26 @@ def check_vspw(root: str, splits: Sequence[str], masks_per_video: int = 1) -> Tu
             num_records += len(records)
             num_frames += len(records[0]["video_frames"])
             problems.extend(_check_masks(records, masks_per_video))
-        summary.append(f"{split}: {len(videos)} videos, {num_frames} frames, {num_records} annotated frames")
+        summary.append(
+            f"{split}: {len(videos)} videos, {num_frames} frames, {num_records} annotated frames"
+        )
     return problems, summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "VSPW_480p"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "VSPW_480p")
+    )
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"])
-    parser.add_argument("--masks-per-video", type=int, default=1, help="masks read per video for size/value checks (-1: all, 0: none)")
+    parser.add_argument(
+        "--masks-per-video",
+        type=int,
+        default=1,
+        help="masks read per video for size/value checks (-1: all, 0: none)",
+    )
     args = parser.parse_args(argv)
     problems, summary = check_vspw(args.root, args.splits, args.masks_per_video)
     for line in summary:

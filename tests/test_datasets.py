@@ -1,4 +1,5 @@
 """Dataset registration: VSPW layout, Cityscapes video layout, metadata, errors, prepare scripts."""
+
 import importlib.util
 import json
 import os
@@ -30,6 +31,11 @@ def _image(path, height, width, value=0, mode="RGB"):
     Image.fromarray(np.full(shape, value, np.uint8)).save(path)
 
 
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def _vspw_tree(root, videos, splits):
     """videos: {name: (height, width, frame stems, annotated stems)}; splits: {split: [names]}."""
     for name, (h, w, frames, annotated) in videos.items():
@@ -39,43 +45,62 @@ def _vspw_tree(root, videos, splits):
         for stem in annotated:
             _image(os.path.join(root, "data", name, "mask", f"{stem}.png"), h, w, 81, mode="L")
     for split, names in splits.items():
-        with open(os.path.join(root, f"{split}.txt"), "w") as f:
-            f.write("\n".join(names) + "\n")
+        _write(os.path.join(root, f"{split}.txt"), "\n".join(names) + "\n")
     return str(root)
 
 
 @pytest.fixture
 def vspw_root(tmp_path):
     videos = {
-        "vid_a": (24, 40, ["00000000", "00000003", "00000006", "00000009"], ["00000003", "00000009"]),
+        "vid_a": (
+            24,
+            40,
+            ["00000000", "00000003", "00000006", "00000009"],
+            ["00000003", "00000009"],
+        ),
         # un-padded names: the frame order must be numeric (9 before 10)
         "vid_b": (16, 32, ["9", "10", "11"], ["9", "10", "11"]),
     }
-    return _vspw_tree(tmp_path / "VSPW_480p", videos, {"train": ["vid_a"], "val": ["vid_a", "vid_b"]})
+    return _vspw_tree(
+        tmp_path / "VSPW_480p", videos, {"train": ["vid_a"], "val": ["vid_a", "vid_b"]}
+    )
 
 
 def _register(root, **kwargs):
     prefix = f"test_vspw_{uuid.uuid4().hex[:8]}"
-    names = register_vspw_family(prefix, root, get_vspw_class_names(), 80, splits=("train", "val"), **kwargs)
+    names = register_vspw_family(
+        prefix, root, get_vspw_class_names(), 80, splits=("train", "val"), **kwargs
+    )
     return prefix, names
 
 
 def test_vspw_records(vspw_root):
     prefix, names = _register(vspw_root)
-    assert names == [f"{prefix}_train_seen", f"{prefix}_val_unseen", f"{prefix}_val_seen", f"{prefix}_val_all"]
+    assert names == [
+        f"{prefix}_train_seen",
+        f"{prefix}_val_unseen",
+        f"{prefix}_val_seen",
+        f"{prefix}_val_all",
+    ]
     train = DatasetCatalog.get(f"{prefix}_train_seen")
     assert [r["frame_index"] for r in train] == [1, 3]
     a = os.path.join(vspw_root, "data", "vid_a")
     assert train[0]["file_name"] == os.path.join(a, "origin", "00000003.jpg")
     assert train[0]["sem_seg_file_name"] == os.path.join(a, "mask", "00000003.png")
-    assert train[1]["video_frames"] == [os.path.join(a, "origin", f"0000000{i}.jpg") for i in (0, 3, 6, 9)]
+    assert train[1]["video_frames"] == [
+        os.path.join(a, "origin", f"0000000{i}.jpg") for i in (0, 3, 6, 9)
+    ]
     assert (train[0]["height"], train[0]["width"], train[0]["video_id"]) == (24, 40, "vid_a")
 
     val = DatasetCatalog.get(f"{prefix}_val_all")
     assert len(val) == 5
     b = [r for r in val if r["video_id"] == "vid_b"]
     assert [os.path.basename(p) for p in b[0]["video_frames"]] == ["9.jpg", "10.jpg", "11.jpg"]
-    assert [(r["frame_index"], os.path.basename(r["file_name"])) for r in b] == [(0, "9.jpg"), (1, "10.jpg"), (2, "11.jpg")]
+    assert [(r["frame_index"], os.path.basename(r["file_name"])) for r in b] == [
+        (0, "9.jpg"),
+        (1, "10.jpg"),
+        (2, "11.jpg"),
+    ]
     assert all((r["height"], r["width"]) == (16, 32) for r in b)
     # every protocol of a split lists the same records
     assert DatasetCatalog.get(f"{prefix}_val_unseen") == val
@@ -122,7 +147,11 @@ def test_vspw_metadata():
     unseen = MetadataCatalog.get("vspw_val_unseen")
     assert unseen.stuff_classes == names[80:] and unseen.class_texts[-1] == "train"
     assert unseen.class_texts[names[80:].index("Mobile_phone")] == "Mobile phone"
-    assert (unseen.seen_classes, unseen.unseen_classes, unseen.hidden_raw_ids) == ([], list(range(44)), [])
+    assert (unseen.seen_classes, unseen.unseen_classes, unseen.hidden_raw_ids) == (
+        [],
+        list(range(44)),
+        [],
+    )
     every = MetadataCatalog.get("vspw_val_all")
     assert every.stuff_classes == names
     assert (every.seen_classes, every.unseen_classes) == (list(range(80)), list(range(80, 124)))
@@ -148,10 +177,10 @@ def test_vspw_split_file_errors(vspw_root):
     with pytest.raises(FileNotFoundError, match="val.txt") as e:
         DatasetCatalog.get(f"{prefix}_val_seen")
     assert "datasets/README.md" in str(e.value)
-    open(os.path.join(vspw_root, "val.txt"), "w").write("\n  \n")
+    _write(os.path.join(vspw_root, "val.txt"), "\n  \n")
     with pytest.raises(ValueError, match=r"val\.txt lists no video"):
         DatasetCatalog.get(f"{prefix}_val_seen")
-    open(os.path.join(vspw_root, "val.txt"), "w").write("vid_a\nvid_b\nvid_a\n")
+    _write(os.path.join(vspw_root, "val.txt"), "vid_a\nvid_b\nvid_a\n")
     with pytest.raises(ValueError, match="more than once"):
         DatasetCatalog.get(f"{prefix}_val_seen")
 
@@ -187,7 +216,9 @@ print(repr(sorted(DatasetCatalog.list())))
 print(repr(touched))
 """
     env = dict(os.environ, DETECTRON2_DATASETS=missing, PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     names_line, touched_line = out.stdout.strip().splitlines()[-2:]
     names = eval(names_line)
@@ -222,14 +253,22 @@ def test_cityscapes_records(tmp_path):
     name = f"test_cs_{uuid.uuid4().hex[:8]}"
     register_cityscapes_video(name, root, "val")
     records = DatasetCatalog.get(name)
-    assert [r["video_id"] for r in records] == ["frankfurt_000000", "lindau_000000", "lindau_000001"]
+    assert [r["video_id"] for r in records] == [
+        "frankfurt_000000",
+        "lindau_000000",
+        "lindau_000001",
+    ]
     r = records[0]
     seq_dir = os.path.join(root, "leftImg8bit_sequence", "val", "frankfurt")
     assert len(r["video_frames"]) == 30 and r["frame_index"] == 19
     assert r["video_frames"][0] == os.path.join(seq_dir, "frankfurt_000000_000275_leftImg8bit.png")
     assert r["video_frames"][-1] == os.path.join(seq_dir, "frankfurt_000000_000304_leftImg8bit.png")
     assert r["file_name"] == os.path.join(seq_dir, "frankfurt_000000_000294_leftImg8bit.png")
-    assert r["sem_seg_file_name"].endswith(os.path.join("gtFine", "val", "frankfurt", "frankfurt_000000_000294_gtFine_labelTrainIds.png"))
+    assert r["sem_seg_file_name"].endswith(
+        os.path.join(
+            "gtFine", "val", "frankfurt", "frankfurt_000000_000294_gtFine_labelTrainIds.png"
+        )
+    )
     assert (r["height"], r["width"]) == (16, 32)
     # an annotated frame below 19 clamps the snippet at frame 0
     early = records[1]
@@ -256,7 +295,13 @@ def test_cityscapes_errors(tmp_path):
     root = _cityscapes_tree(tmp_path / "cs", ["aachen_000000_000019_gtFine_labelIds.png"])
     with pytest.raises(FileNotFoundError, match="prepare_cityscapes_video.py"):
         load_cityscapes_video(root, "val")
-    _image(os.path.join(root, "gtFine", "val", "aachen", "aachen_0_19_gtFine_labelTrainIds.png"), 4, 4, 0, mode="L")
+    _image(
+        os.path.join(root, "gtFine", "val", "aachen", "aachen_0_19_gtFine_labelTrainIds.png"),
+        4,
+        4,
+        0,
+        mode="L",
+    )
     with pytest.raises(ValueError, match="aachen_0_19_gtFine_labelTrainIds.png"):
         load_cityscapes_video(root, "val")
 
@@ -265,7 +310,9 @@ def test_cityscapes_errors(tmp_path):
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "datasets", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "datasets", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -281,17 +328,25 @@ def test_prepare_cityscapes_builtin(tmp_path):
     assert prep.create_train_id_labels(str(tmp_path / "cityscapes"), "val", method="builtin") == 1
     out = np.asarray(Image.open(gt / "aachen_000000_000019_gtFine_labelTrainIds.png"))
     assert out.tolist() == [[0, 1, 13, 255], [18, 16, 255, 11]]
-    assert prep.create_train_id_labels(str(tmp_path / "cityscapes"), "val", method="builtin") == 0  # already there
+    assert (
+        prep.create_train_id_labels(str(tmp_path / "cityscapes"), "val", method="builtin") == 0
+    )  # already there
     problems = prep.check_sequences(str(tmp_path / "cityscapes"), "val")
     assert len(problems) == 1 and "30 of 30 snippet frames missing" in problems[0]
 
 
 def test_prepare_vspw_reports_problems(vspw_root, capsys):
     prep = _script("prepare_vspw")
-    assert prep.main(["--root", vspw_root, "--splits", "train", "val", "--masks-per-video", "-1"]) == 0
+    assert (
+        prep.main(["--root", vspw_root, "--splits", "train", "val", "--masks-per-video", "-1"]) == 0
+    )
     # a mask value outside 0..124/255, a mask of the wrong size and a missing split file
-    Image.fromarray(np.full((16, 32), 200, np.uint8)).save(os.path.join(vspw_root, "data", "vid_b", "mask", "10.png"))
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(vspw_root, "data", "vid_b", "mask", "11.png"))
+    Image.fromarray(np.full((16, 32), 200, np.uint8)).save(
+        os.path.join(vspw_root, "data", "vid_b", "mask", "10.png")
+    )
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(
+        os.path.join(vspw_root, "data", "vid_b", "mask", "11.png")
+    )
     problems, summary = prep.check_vspw(vspw_root, ["train", "val", "test"], masks_per_video=-1)
     text = "\n".join(problems)
     assert len(problems) == 3, text

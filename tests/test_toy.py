@@ -1,4 +1,5 @@
 """The embedded toy dataset: class design, generated layout, registration, label/frame agreement."""
+
 import collections
 import filecmp
 import glob
@@ -44,12 +45,20 @@ def registered_toy(toy_root):
 def _masks(root, split):
     with open(os.path.join(root, f"{split}.txt")) as f:
         videos = f.read().split()
-    return {v: [cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in sorted(glob.glob(os.path.join(root, "data", v, "mask", "*.png")))] for v in videos}
+    return {
+        v: [
+            cv2.imread(p, cv2.IMREAD_UNCHANGED)
+            for p in sorted(glob.glob(os.path.join(root, "data", v, "mask", "*.png")))
+        ]
+        for v in videos
+    }
 
 
 def test_class_composition():
     seen, unseen = TOY_CLASS_NAMES[:TOY_NUM_SEEN], TOY_CLASS_NAMES[TOY_NUM_SEEN:]
-    assert len(TOY_CLASS_NAMES) == len(set(TOY_CLASS_NAMES)) == len(TOY_COLORS) * len(TOY_SHAPES) == 36
+    assert (
+        len(TOY_CLASS_NAMES) == len(set(TOY_CLASS_NAMES)) == len(TOY_COLORS) * len(TOY_SHAPES) == 36
+    )
     assert (len(seen), len(unseen)) == (28, 8)
     colours = collections.Counter(n.split(" ")[0] for n in unseen)
     shapes = collections.Counter(n.split(" ")[1] for n in unseen)
@@ -68,30 +77,52 @@ def test_layout(toy_root):
         train = f.read().split()
     with open(os.path.join(toy_root, "val.txt")) as f:
         val = f.read().split()
-    assert (len(train), len(val)) == (24, 8) and not os.path.exists(os.path.join(toy_root, "test.txt"))
+    assert (len(train), len(val)) == (24, 8) and not os.path.exists(
+        os.path.join(toy_root, "test.txt")
+    )
     for video in train + val:
         frames = sorted(os.listdir(os.path.join(toy_root, "data", video, "origin")))
         masks = sorted(os.listdir(os.path.join(toy_root, "data", video, "mask")))
-        assert 12 <= len(frames) <= 16
+        assert 14 <= len(frames) <= 20
         assert frames == [f"{i:05d}.jpg" for i in range(len(frames))]
         assert masks == [f.replace(".jpg", ".png") for f in frames]
     frame = cv2.imread(os.path.join(toy_root, "data", val[0], "origin", "00000.jpg"))
     assert frame.shape == (96, 160, 3)
-    assert parse_label_num_dic(os.path.join(toy_root, "label_num_dic_final.json")) == TOY_CLASS_NAMES
+    assert (
+        parse_label_num_dic(os.path.join(toy_root, "label_num_dic_final.json")) == TOY_CLASS_NAMES
+    )
 
 
 def test_registration(registered_toy, toy_root):
-    assert registered_toy == ["vspw_toy_train_seen", "vspw_toy_val_unseen", "vspw_toy_val_seen", "vspw_toy_val_all"]
+    assert registered_toy == [
+        "vspw_toy_train_seen",
+        "vspw_toy_val_unseen",
+        "vspw_toy_val_seen",
+        "vspw_toy_val_all",
+    ]
     val = DatasetCatalog.get("vspw_toy_val_all")
     num_val_frames = sum(len(m) for m in _masks(toy_root, "val").values())
     assert len(val) == num_val_frames
-    assert val[0]["file_name"].startswith(toy_root) and (val[0]["height"], val[0]["width"]) == (96, 160)
+    assert val[0]["file_name"].startswith(toy_root) and (val[0]["height"], val[0]["width"]) == (
+        96,
+        160,
+    )
     assert val[3]["frame_index"] == 3 and val[3]["file_name"] == val[3]["video_frames"][3]
     unseen = MetadataCatalog.get("vspw_toy_val_unseen")
     assert unseen.stuff_classes == unseen.class_texts == TOY_CLASS_NAMES[28:]
-    assert [unseen.label_lut[r] for r in (0, 1, 28, 29, 36, 37, 255)] == [255, 255, 255, 0, 7, -1, 255]
+    assert [unseen.label_lut[r] for r in (0, 1, 28, 29, 36, 37, 255)] == [
+        255,
+        255,
+        255,
+        0,
+        7,
+        -1,
+        255,
+    ]
     train = MetadataCatalog.get("vspw_toy_train_seen")
-    assert train.stuff_classes == TOY_CLASS_NAMES[:28] and train.hidden_raw_ids == list(range(29, 37))
+    assert train.stuff_classes == TOY_CLASS_NAMES[:28] and train.hidden_raw_ids == list(
+        range(29, 37)
+    )
     assert [train.label_lut[r] for r in (1, 28, 29)] == [0, 27, 255]
     assert MetadataCatalog.get("vspw_toy_val_all").unseen_classes == list(range(28, 36))
     assert train.dataset_root == toy_root
@@ -108,9 +139,15 @@ def test_class_coverage(toy_root):
     for video, masks in val.items():
         present = set(np.unique(np.stack(masks)).tolist())
         assert present & seen_ids and present & unseen_ids, video  # both kinds in every val video
-    val_present = set(np.unique(np.concatenate([np.stack(m).ravel() for m in val.values()])).tolist())
+    val_present = set(
+        np.unique(np.concatenate([np.stack(m).ravel() for m in val.values()])).tolist()
+    )
     assert unseen_ids <= val_present
-    train_present = set(np.unique(np.concatenate([np.stack(m).ravel() for m in _masks(toy_root, "train").values()])).tolist())
+    train_present = set(
+        np.unique(
+            np.concatenate([np.stack(m).ravel() for m in _masks(toy_root, "train").values()])
+        ).tolist()
+    )
     assert seen_ids <= train_present
     assert train_present <= seen_ids | unseen_ids | {0}
 
@@ -122,8 +159,12 @@ def test_masks_match_frames(toy_root):
     checked = set()
     for video in ("val_000", "val_001", "val_002", "val_003", "train_000", "train_001"):
         for t in (0, 7):
-            frame = cv2.imread(os.path.join(toy_root, "data", video, "origin", f"{t:05d}.jpg"))[..., ::-1].astype(float)
-            mask = cv2.imread(os.path.join(toy_root, "data", video, "mask", f"{t:05d}.png"), cv2.IMREAD_UNCHANGED)
+            frame = cv2.imread(os.path.join(toy_root, "data", video, "origin", f"{t:05d}.jpg"))[
+                ..., ::-1
+            ].astype(float)
+            mask = cv2.imread(
+                os.path.join(toy_root, "data", video, "mask", f"{t:05d}.png"), cv2.IMREAD_UNCHANGED
+            )
             background = cv2.erode((mask == 0).astype(np.uint8), kernel) > 0
             assert frame[background].std(axis=1).mean() < 15  # the background is grey
             for raw in set(np.unique(mask).tolist()) - {0}:
@@ -136,7 +177,12 @@ def test_masks_match_frames(toy_root):
                 assert nearest == name.split(" ")[0], (video, t, name, mean)
                 assert np.linalg.norm(mean - np.array(toy_class_color(name))) < 30
                 checked.add(raw)
-        first, later = (cv2.imread(os.path.join(toy_root, "data", video, "mask", f"{t:05d}.png"), cv2.IMREAD_UNCHANGED) for t in (0, 7))
+        first, later = (
+            cv2.imread(
+                os.path.join(toy_root, "data", video, "mask", f"{t:05d}.png"), cv2.IMREAD_UNCHANGED
+            )
+            for t in (0, 7)
+        )
         assert (first != later).mean() > 0.01
     assert len(checked) >= 10
 
@@ -146,8 +192,12 @@ def test_deterministic_and_idempotent(tmp_path):
     generate_toy_dataset(a, seed=3, **SMALL)
     generate_toy_dataset(b, seed=3, **SMALL)
     generate_toy_dataset(c, seed=4, **SMALL)
-    files = sorted(os.path.relpath(p, a) for p in glob.glob(os.path.join(a, "**", "*.*"), recursive=True))
-    assert files == sorted(os.path.relpath(p, b) for p in glob.glob(os.path.join(b, "**", "*.*"), recursive=True))
+    files = sorted(
+        os.path.relpath(p, a) for p in glob.glob(os.path.join(a, "**", "*.*"), recursive=True)
+    )
+    assert files == sorted(
+        os.path.relpath(p, b) for p in glob.glob(os.path.join(b, "**", "*.*"), recursive=True)
+    )
     match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
     assert not mismatch and not errors and len(match) == len(files)
     masks = [f for f in files if f.endswith(".png")]
@@ -157,7 +207,9 @@ def test_deterministic_and_idempotent(tmp_path):
     stamp = os.stat(marker).st_mtime_ns
     generate_toy_dataset(a, seed=3, **SMALL)  # same parameters: nothing rewritten
     assert os.stat(marker).st_mtime_ns == stamp
-    generate_toy_dataset(a, seed=3, **dict(SMALL, num_train_videos=3))  # new parameters: regenerated
+    generate_toy_dataset(
+        a, seed=3, **dict(SMALL, num_train_videos=3)
+    )  # new parameters: regenerated
     with open(os.path.join(a, "train.txt")) as f:
         assert f.read().split() == ["train_000", "train_001", "train_002"]
     with open(marker) as f:
@@ -180,9 +232,28 @@ def test_refuses_foreign_directory_and_bad_parameters(tmp_path):
 
 def test_cli(tmp_path, capsys):
     root = str(tmp_path / "cli")
-    main(["--root", root, "--num-train-videos", "2", "--num-val-videos", "3", "--frames-per-video", "2", "2", "--image-size", "48", "64"])
+    main(
+        [
+            "--root",
+            root,
+            "--num-train-videos",
+            "2",
+            "--num-val-videos",
+            "3",
+            "--frames-per-video",
+            "2",
+            "2",
+            "--image-size",
+            "48",
+            "64",
+        ]
+    )
     assert "toy dataset ready" in capsys.readouterr().out
     with open(os.path.join(root, TOY_MARKER)) as f:
         params = json.load(f)
-    assert (params["num_val_videos"], params["frames_per_video"], params["image_size"]) == (3, [2, 2], [48, 64])
+    assert (params["num_val_videos"], params["frames_per_video"], params["image_size"]) == (
+        3,
+        [2, 2],
+        [48, 64],
+    )
     assert len(os.listdir(os.path.join(root, "data", "val_002", "origin"))) == 2

@@ -12,53 +12,25 @@ Generate with ``python -m ov2vss.data.toy --root datasets/VSPW_toy`` (a few seco
 :func:`generate_toy_dataset`. Frames and masks are drawn from the same per-object pixel
 masks, so labels match the images exactly (up to JPEG noise on the frames).
 """
+
 import argparse
 import json
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = [
-    "TOY_COLORS",
-    "TOY_SHAPES",
-    "TOY_UNSEEN_PAIRS",
-    "TOY_CLASS_NAMES",
-    "TOY_NUM_SEEN",
-    "TOY_MARKER",
-    "toy_class_color",
-    "draw_shape_mask",
-    "generate_toy_dataset",
-    "main",
-]
+# The class design lives with the registration (which must not import this module: running
+# `python -m ov2vss.data.toy` would otherwise execute it twice).
+from .datasets.register_vspw_toy import TOY_CLASS_NAMES, TOY_COLORS, TOY_NUM_SEEN, TOY_SHAPES
 
-# Clearly distinct RGB values (pairwise distance > 100); the background is low-saturation grey.
-TOY_COLORS: Dict[str, Tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (40, 170, 40),
-    "blue": (40, 70, 230),
-    "yellow": (235, 215, 35),
-    "purple": (150, 45, 210),
-    "cyan": (30, 205, 215),
-}
-TOY_SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
-# (colour index, shape index) of the held-out classes: a cycle over colours 0..3 and shapes
-# 0..3, so each of those colours and shapes appears exactly twice among the unseen classes.
-TOY_UNSEEN_PAIRS: Tuple[Tuple[int, int], ...] = ((0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (3, 0))
+# the class constants are re-exported: the toy data is used through this module
+__all__ = ["TOY_CLASS_NAMES", "TOY_NUM_SEEN", "TOY_COLORS", "TOY_SHAPES", "TOY_MARKER"]
+__all__ += ["toy_class_color", "draw_shape_mask", "generate_toy_dataset", "main"]
 
-
-def _class_names() -> List[str]:
-    colours = list(TOY_COLORS)
-    unseen = [f"{colours[c]} {TOY_SHAPES[s]}" for c, s in TOY_UNSEEN_PAIRS]
-    seen = [f"{c} {s}" for c in colours for s in TOY_SHAPES if f"{c} {s}" not in unseen]
-    return seen + unseen
-
-
-TOY_CLASS_NAMES: List[str] = _class_names()  # raw id = index + 1; seen first
-TOY_NUM_SEEN: int = len(TOY_CLASS_NAMES) - len(TOY_UNSEEN_PAIRS)
 TOY_MARKER = ".ov2vss_toy_complete.json"  # written last; holds the generation parameters
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _OWNED = ("data", "train.txt", "val.txt", "test.txt", "label_num_dic_final.json", TOY_MARKER)
 
 
@@ -67,7 +39,9 @@ def toy_class_color(name: str) -> Tuple[int, int, int]:
     return TOY_COLORS[name.split(" ")[0]]
 
 
-def draw_shape_mask(height: int, width: int, shape: str, center: Tuple[float, float], radius: float) -> np.ndarray:
+def draw_shape_mask(
+    height: int, width: int, shape: str, center: Tuple[float, float], radius: float
+) -> np.ndarray:
     """Boolean HxW mask of ``shape`` centred at ``center`` = (x, y) with outer radius ``radius``."""
     import cv2  # lazy: importing ov2vss must stay cheap
 
@@ -96,7 +70,22 @@ def draw_shape_mask(height: int, width: int, shape: str, center: Tuple[float, fl
         poly(list(zip(radii * np.cos(angles), radii * np.sin(angles))))
     elif shape == "cross":
         a, t = r, 0.35 * r
-        poly([(-t, -a), (t, -a), (t, -t), (a, -t), (a, t), (t, t), (t, a), (-t, a), (-t, t), (-a, t), (-a, -t), (-t, -t)])
+        poly(
+            [
+                (-t, -a),
+                (t, -a),
+                (t, -t),
+                (a, -t),
+                (a, t),
+                (t, t),
+                (t, a),
+                (-t, a),
+                (-t, t),
+                (-a, t),
+                (-a, -t),
+                (-t, -t),
+            ]
+        )
     else:
         raise ValueError(f"unknown toy shape {shape!r}; expected one of {TOY_SHAPES}")
     return canvas.astype(bool)
@@ -113,7 +102,9 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return grey[..., None] + tint[None, None, :]
 
 
-def _video_objects(rng: np.random.Generator, classes: Sequence[int], height: int, width: int, num_frames: int) -> list:
+def _video_objects(
+    rng: np.random.Generator, classes: Sequence[int], height: int, width: int, num_frames: int
+) -> list:
     """Per object: raw id, shape, colour and per-frame (center, radius) of a bouncing motion."""
     objects = []
     for raw in classes:
@@ -123,10 +114,14 @@ def _video_objects(rng: np.random.Generator, classes: Sequence[int], height: int
         speed, angle = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi)
         vel = speed * np.array([np.cos(angle), np.sin(angle)])
         phase, period = rng.uniform(0, 2 * np.pi), rng.uniform(8, 20)
-        colour = np.clip(np.array(TOY_COLORS[colour_name], np.float64) + rng.uniform(-12, 12, size=3), 0, 255)
+        colour = np.clip(
+            np.array(TOY_COLORS[colour_name], np.float64) + rng.uniform(-12, 12, size=3), 0, 255
+        )
         track = []
         for t in range(num_frames):
-            radius = r0 * (1.0 + 0.15 * np.sin(2 * np.pi * t / period + phase))  # slight scale change
+            radius = r0 * (
+                1.0 + 0.15 * np.sin(2 * np.pi * t / period + phase)
+            )  # slight scale change
             track.append((tuple(pos), radius))
             pos = pos + vel
             for d, size in ((0, width), (1, height)):  # bounce off the borders
@@ -137,7 +132,14 @@ def _video_objects(rng: np.random.Generator, classes: Sequence[int], height: int
     return objects
 
 
-def _write_video(rng: np.random.Generator, video_dir: str, objects: list, height: int, width: int, num_frames: int) -> None:
+def _write_video(
+    rng: np.random.Generator,
+    video_dir: str,
+    objects: list,
+    height: int,
+    width: int,
+    num_frames: int,
+) -> None:
     import cv2
 
     os.makedirs(os.path.join(video_dir, "origin"))
@@ -153,12 +155,18 @@ def _write_video(rng: np.random.Generator, video_dir: str, objects: list, height
             mask[region] = obj["raw"]
         image += rng.normal(0.0, 6.0, size=image.shape)  # sensor noise, objects included
         bgr = np.clip(np.round(image), 0, 255).astype(np.uint8)[..., ::-1]
-        cv2.imwrite(os.path.join(video_dir, "origin", f"{t:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(
+            os.path.join(video_dir, "origin", f"{t:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]
+        )
         cv2.imwrite(os.path.join(video_dir, "mask", f"{t:05d}.png"), mask)
 
 
 def _assign_classes(
-    rng: np.random.Generator, num_videos: int, objects_per_video: Tuple[int, int], split: str, unseen_in_train_prob: float
+    rng: np.random.Generator,
+    num_videos: int,
+    objects_per_video: Tuple[int, int],
+    split: str,
+    unseen_in_train_prob: float,
 ) -> List[List[int]]:
     """Raw class ids of each video's objects (drawn in this order; the last is on top).
 
@@ -176,32 +184,23 @@ def _assign_classes(
         if split == "train":
             count = int(rng.integers(lo, hi + 1))
             slots_unseen = [j > 0 and rng.random() < unseen_in_train_prob for j in range(count)]
-            fixed_unseen = [int(c) for c in rng.choice(unseen, size=sum(slots_unseen), replace=False)]
+            fixed_unseen = [
+                int(c) for c in rng.choice(unseen, size=sum(slots_unseen), replace=False)
+            ]
         else:
-            fixed_unseen = [unseen[k % len(unseen)] for k in range(i, max(num_videos, len(unseen)), num_videos)]
+            fixed_unseen = [
+                unseen[k % len(unseen)] for k in range(i, max(num_videos, len(unseen)), num_videos)
+            ]
             count = max(int(rng.integers(lo, hi + 1)), len(fixed_unseen) + 1)
         chosen = []
         for _ in range(count - len(fixed_unseen)):
-            chosen.append(seen_cycle[next_seen % len(seen_cycle)])  # consecutive entries are distinct
+            chosen.append(
+                seen_cycle[next_seen % len(seen_cycle)]
+            )  # consecutive entries are distinct
             next_seen += 1
         # unseen objects go last (on top) so occlusion never hides them completely
         videos.append(chosen + fixed_unseen)
     return videos
-
-
-def _params(seed, num_train_videos, num_val_videos, num_test_videos, frames_per_video, image_size, objects_per_video, unseen_in_train_prob) -> dict:
-    return {
-        "version": _FORMAT_VERSION,
-        "seed": int(seed),
-        "num_train_videos": int(num_train_videos),
-        "num_val_videos": int(num_val_videos),
-        "num_test_videos": int(num_test_videos),
-        "frames_per_video": [int(v) for v in frames_per_video],
-        "image_size": [int(v) for v in image_size],
-        "objects_per_video": [int(v) for v in objects_per_video],
-        "unseen_in_train_prob": float(unseen_in_train_prob),
-        "class_names": list(TOY_CLASS_NAMES),
-    }
 
 
 def _read_marker(root: str) -> Optional[dict]:
@@ -215,13 +214,17 @@ def _read_marker(root: str) -> Optional[dict]:
 def _check_params(p: dict) -> None:
     (flo, fhi), (h, w), (olo, ohi) = p["frames_per_video"], p["image_size"], p["objects_per_video"]
     if p["num_train_videos"] < 1 or p["num_val_videos"] < 1 or p["num_test_videos"] < 0:
-        raise ValueError("the toy dataset needs >= 1 train and >= 1 val video (and >= 0 test videos)")
+        raise ValueError(
+            "the toy dataset needs >= 1 train and >= 1 val video (and >= 0 test videos)"
+        )
     if not 1 <= flo <= fhi:
         raise ValueError(f"frames_per_video={p['frames_per_video']} must satisfy 1 <= min <= max")
     if h < 32 or w < 32:
         raise ValueError(f"image_size={p['image_size']} must be at least 32x32")
     if not 2 <= olo <= ohi <= 6:
-        raise ValueError(f"objects_per_video={p['objects_per_video']} must satisfy 2 <= min <= max <= 6")
+        raise ValueError(
+            f"objects_per_video={p['objects_per_video']} must satisfy 2 <= min <= max <= 6"
+        )
     unseen = len(TOY_CLASS_NAMES) - TOY_NUM_SEEN
     for split in ("val", "test"):
         n = p[f"num_{split}_videos"]
@@ -243,7 +246,9 @@ def _generate(target: str, p: dict) -> None:
         if n == 0:
             continue
         names = []
-        for i, classes in enumerate(_assign_classes(rng, n, tuple(p["objects_per_video"]), split, p["unseen_in_train_prob"])):
+        for i, classes in enumerate(
+            _assign_classes(rng, n, tuple(p["objects_per_video"]), split, p["unseen_in_train_prob"])
+        ):
             name, num_frames = f"{split}_{i:03d}", int(rng.integers(flo, fhi + 1))
             objects = _video_objects(rng, classes, h, w, num_frames)
             _write_video(rng, os.path.join(target, "data", name), objects, h, w, num_frames)
@@ -262,7 +267,7 @@ def generate_toy_dataset(
     num_train_videos: int = 24,
     num_val_videos: int = 8,
     num_test_videos: int = 0,
-    frames_per_video: Tuple[int, int] = (12, 16),
+    frames_per_video: Tuple[int, int] = (14, 20),
     image_size: Tuple[int, int] = (96, 160),
     objects_per_video: Tuple[int, int] = (2, 4),
     unseen_in_train_prob: float = 0.1,
@@ -285,13 +290,30 @@ def generate_toy_dataset(
         unseen_in_train_prob: chance that an additional object of a training video is of an
             unseen class (relabelled 255 by ``vspw_toy_train_seen``, as in real VSPW).
     """
-    p = _params(seed, num_train_videos, num_val_videos, num_test_videos, frames_per_video, image_size, objects_per_video, unseen_in_train_prob)
+    p = {
+        "version": _FORMAT_VERSION,
+        "seed": int(seed),
+        "num_train_videos": int(num_train_videos),
+        "num_val_videos": int(num_val_videos),
+        "num_test_videos": int(num_test_videos),
+        "frames_per_video": [int(v) for v in frames_per_video],
+        "image_size": [int(v) for v in image_size],
+        "objects_per_video": [int(v) for v in objects_per_video],
+        "unseen_in_train_prob": float(unseen_in_train_prob),
+        "class_names": list(TOY_CLASS_NAMES),
+    }
     _check_params(p)
     root = os.path.normpath(root)
     if os.path.isdir(root) and _read_marker(root) == p:
         return
-    if os.path.exists(root) and _read_marker(root) is None and (not os.path.isdir(root) or os.listdir(root)):
-        raise FileExistsError(f"{root} exists and was not written by the toy generator (no {TOY_MARKER}); refusing to overwrite it")
+    if (
+        os.path.exists(root)
+        and _read_marker(root) is None
+        and (not os.path.isdir(root) or os.listdir(root))
+    ):
+        raise FileExistsError(
+            f"{root} exists and was not written by the toy generator (no {TOY_MARKER}); refusing to overwrite it"
+        )
 
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -320,9 +342,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--num-train-videos", type=int, default=24)
     parser.add_argument("--num-val-videos", type=int, default=8)
     parser.add_argument("--num-test-videos", type=int, default=0)
-    parser.add_argument("--frames-per-video", type=int, nargs=2, default=(12, 16), metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--frames-per-video", type=int, nargs=2, default=(14, 20), metavar=("MIN", "MAX")
+    )
     parser.add_argument("--image-size", type=int, nargs=2, default=(96, 160), metavar=("H", "W"))
-    parser.add_argument("--objects-per-video", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--objects-per-video", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX")
+    )
     parser.add_argument("--unseen-in-train-prob", type=float, default=0.1)
     args = parser.parse_args(argv)
     generate_toy_dataset(
@@ -336,7 +362,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         objects_per_video=tuple(args.objects_per_video),
         unseen_in_train_prob=args.unseen_in_train_prob,
     )
-    print(f"toy dataset ready in {args.root}: {TOY_NUM_SEEN} seen + {len(TOY_CLASS_NAMES) - TOY_NUM_SEEN} unseen classes")
+    print(
+        f"toy dataset ready in {args.root}: {TOY_NUM_SEEN} seen + {len(TOY_CLASS_NAMES) - TOY_NUM_SEEN} unseen classes"
+    )
 
 
 if __name__ == "__main__":

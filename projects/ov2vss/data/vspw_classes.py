@@ -5,6 +5,7 @@ The json maps every name to its raw mask value: ``"others": 0`` and the 124 clas
 The file is read on first use only (not at import), through ``importlib.resources`` so that
 it also works from an installed wheel.
 """
+
 import functools
 import importlib.resources
 import json
@@ -52,7 +53,9 @@ def parse_label_num_dic(source: Union[str, IO[str]]) -> List[str]:
             raise ValueError(f"{where}: raw id of {name!r} is {raw!r} (not an int, or repeated)")
         by_id[raw] = name
     if by_id.get(0) != VSPW_BACKGROUND_NAME:
-        raise ValueError(f"{where}: raw id 0 must be {VSPW_BACKGROUND_NAME!r}, got {by_id.get(0)!r}")
+        raise ValueError(
+            f"{where}: raw id 0 must be {VSPW_BACKGROUND_NAME!r}, got {by_id.get(0)!r}"
+        )
     num = len(by_id) - 1
     if sorted(by_id) != list(range(num + 1)):
         raise ValueError(f"{where}: raw ids must be contiguous 0..{num}, got {sorted(by_id)}")
@@ -65,7 +68,9 @@ def _vspw_class_names() -> tuple:
     with resource.open("r", encoding="utf-8") as f:
         names = parse_label_num_dic(f)
     if len(names) != VSPW_NUM_CLASSES:
-        raise ValueError(f"ov2vss/data/{_LABEL_NUM_DIC}: expected {VSPW_NUM_CLASSES} classes, got {len(names)}")
+        raise ValueError(
+            f"ov2vss/data/{_LABEL_NUM_DIC}: expected {VSPW_NUM_CLASSES} classes, got {len(names)}"
+        )
     return tuple(names)
 
 

@@ -11,6 +11,7 @@ listed here (the mapper reports a missing one by name).
 Registered: ``cityscapes_video_train``, ``cityscapes_video_val`` (vocabulary = the 19 train-id
 names; ``novel_classes`` = classes without a counterpart among the VSPW seen classes).
 """
+
 import os
 import re
 from typing import Dict, List, Tuple
@@ -75,7 +76,9 @@ CITYSCAPES_TO_VSPW: Dict[str, Tuple[str, ...]] = {
 SNIPPET_FRAMES_BEFORE = 19
 SNIPPET_FRAMES_AFTER = 10
 _GT_SUFFIX = "_gtFine_labelTrainIds.png"
-_GT_PATTERN = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})" + re.escape(_GT_SUFFIX) + "$")
+_GT_PATTERN = re.compile(
+    r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})" + re.escape(_GT_SUFFIX) + "$"
+)
 _README = "datasets/README.md"
 
 
@@ -123,7 +126,9 @@ def load_cityscapes_video(root: str, split: str) -> List[dict]:
         ``video_frames`` (19, fewer only if the frame number is below 19).
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"Cityscapes root {root} does not exist (see {_README}; the root is read from $DETECTRON2_DATASETS)")
+        raise FileNotFoundError(
+            f"Cityscapes root {root} does not exist (see {_README}; the root is read from $DETECTRON2_DATASETS)"
+        )
     gt_root = os.path.join(root, "gtFine", split)
     image_root = os.path.join(root, "leftImg8bit_sequence", split)
     for d in (gt_root, image_root):
@@ -136,10 +141,15 @@ def load_cityscapes_video(root: str, split: str) -> List[dict]:
         for gt in sorted(f for f in os.listdir(gt_dir) if f.endswith(_GT_SUFFIX)):
             m = _GT_PATTERN.match(gt)
             if m is None or m["city"] != city:
-                raise ValueError(f"unexpected Cityscapes file name {os.path.join(gt_dir, gt)}: expected {city}_SSSSSS_FFFFFF{_GT_SUFFIX}")
+                raise ValueError(
+                    f"unexpected Cityscapes file name {os.path.join(gt_dir, gt)}: expected {city}_SSSSSS_FFFFFF{_GT_SUFFIX}"
+                )
             seq, frame = int(m["seq"]), int(m["frame"])
             first = max(0, frame - SNIPPET_FRAMES_BEFORE)
-            names = [f"{city}_{seq:06d}_{f:06d}_leftImg8bit.png" for f in range(first, frame + SNIPPET_FRAMES_AFTER + 1)]
+            names = [
+                f"{city}_{seq:06d}_{f:06d}_leftImg8bit.png"
+                for f in range(first, frame + SNIPPET_FRAMES_AFTER + 1)
+            ]
             video_frames = VideoFrameList(os.path.join(image_root, city), names)
             gt_path = os.path.join(gt_dir, gt)
             height, width = read_image_size(gt_path)  # header only; the label has the frame's size
@@ -181,7 +191,9 @@ def register_all_cityscapes_video(datasets_root: str) -> List[str]:
     """Register ``cityscapes_video_{train,val}`` under ``datasets_root/cityscapes``."""
     names = []
     for split in ("train", "val"):
-        register_cityscapes_video(f"cityscapes_video_{split}", os.path.join(datasets_root, "cityscapes"), split)
+        register_cityscapes_video(
+            f"cityscapes_video_{split}", os.path.join(datasets_root, "cityscapes"), split
+        )
         names.append(f"cityscapes_video_{split}")
     return names
 

@@ -11,6 +11,7 @@ Registered for VSPW (root ``$DETECTRON2_DATASETS/VSPW_480p``): ``vspw_train_seen
 when ``DatasetCatalog.get(name)`` is first called. Ground truth is relabelled on the fly by
 the mapper/evaluator through the metadata's ``label_lut`` (raw value -> label id).
 """
+
 import collections
 import os
 import re
@@ -66,10 +67,12 @@ class VideoFrameList(list):
 
 def natural_sort_key(name: str) -> tuple:
     """Sort key that orders embedded numbers numerically ("9.jpg" < "10.jpg")."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
+    return tuple(
+        (0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p
+    )
 
 
-def read_image_size(path: str) -> tuple:
+def read_image_size(path: str) -> Tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels."""
     try:
         with Image.open(path) as img:
@@ -107,11 +110,15 @@ def vspw_protocol_metadata(
         raise ValueError(f"num_seen={num_seen} must lie in [0, {num}]")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    texts = [class_name_to_text(n) for n in class_names] if class_texts is None else list(class_texts)
+    texts = (
+        [class_name_to_text(n) for n in class_names] if class_texts is None else list(class_texts)
+    )
     if len(texts) != num:
         raise ValueError(f"{len(texts)} class_texts for {num} class names")
 
-    first_raw, last_raw = {"seen": (1, num_seen), "unseen": (num_seen + 1, num), "all": (1, num)}[protocol]
+    first_raw, last_raw = {"seen": (1, num_seen), "unseen": (num_seen + 1, num), "all": (1, num)}[
+        protocol
+    ]
     lut = [-1] * 256
     lut[0] = lut[IGNORE_LABEL] = IGNORE_LABEL
     for raw in range(1, num + 1):
@@ -130,7 +137,10 @@ def vspw_protocol_metadata(
 
 
 def _list_files(directory: str, suffix: str) -> List[str]:
-    return sorted((e.name for e in os.scandir(directory) if e.is_file() and e.name.endswith(suffix)), key=natural_sort_key)
+    return sorted(
+        (e.name for e in os.scandir(directory) if e.is_file() and e.name.endswith(suffix)),
+        key=natural_sort_key,
+    )
 
 
 def load_vspw_video(root: str, video: str, listed_in: str = "the split file") -> List[dict]:
@@ -145,12 +155,18 @@ def load_vspw_video(root: str, video: str, listed_in: str = "the split file") ->
     mask_dir = os.path.join(root, "data", video, "mask")
     frames = _list_files(frame_dir, ".jpg") if os.path.isdir(frame_dir) else []
     if not frames:
-        raise FileNotFoundError(f"video {video!r} listed in {listed_in} has no frames: no .jpg in {frame_dir}")
+        raise FileNotFoundError(
+            f"video {video!r} listed in {listed_in} has no frames: no .jpg in {frame_dir}"
+        )
     if not os.path.isdir(mask_dir):
-        raise FileNotFoundError(f"video {video!r} listed in {listed_in} has no mask directory {mask_dir}")
+        raise FileNotFoundError(
+            f"video {video!r} listed in {listed_in} has no mask directory {mask_dir}"
+        )
     masks = _list_files(mask_dir, ".png")
     if not masks:
-        raise ValueError(f"video {video!r} listed in {listed_in} has no annotation: no .png in {mask_dir}")
+        raise ValueError(
+            f"video {video!r} listed in {listed_in} has no annotation: no .png in {mask_dir}"
+        )
     video_frames = VideoFrameList(frame_dir, frames)
     index = {os.path.splitext(f)[0]: i for i, f in enumerate(frames)}
     height, width = read_image_size(video_frames[0])  # VSPW frames of one video share a size
@@ -179,7 +195,9 @@ def load_vspw_video(root: str, video: str, listed_in: str = "the split file") ->
 def read_split_file(root: str, split: str, hint: str = f"see {_README}") -> Tuple[str, List[str]]:
     """Path of ``root/{split}.txt`` and the video names it lists (checked: present, non-empty, unique)."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset root {root} does not exist ({hint}; the root is read from $DETECTRON2_DATASETS)")
+        raise FileNotFoundError(
+            f"dataset root {root} does not exist ({hint}; the root is read from $DETECTRON2_DATASETS)"
+        )
     split_file = os.path.join(root, f"{split}.txt")
     if not os.path.isfile(split_file):
         raise FileNotFoundError(f"split file {split_file} does not exist ({hint})")
@@ -211,7 +229,9 @@ def load_vspw_split(root: str, split: str, hint: str = f"see {_README}") -> List
     return records
 
 
-def register_dataset(name: str, loader: Callable[[], List[dict]], metadata: dict, overwrite: bool = False) -> None:
+def register_dataset(
+    name: str, loader: Callable[[], List[dict]], metadata: dict, overwrite: bool = False
+) -> None:
     """Register ``loader`` under ``name`` with ``metadata`` (plus the shared evaluation keys).
 
     With ``overwrite`` an existing registration of ``name`` (records and metadata) is replaced.
@@ -221,7 +241,9 @@ def register_dataset(name: str, loader: Callable[[], List[dict]], metadata: dict
     if overwrite and name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(ignore_label=IGNORE_LABEL, evaluator_type="video_sem_seg", **metadata)
+    MetadataCatalog.get(name).set(
+        ignore_label=IGNORE_LABEL, evaluator_type="video_sem_seg", **metadata
+    )
 
 
 def register_vspw_split(
@@ -241,12 +263,22 @@ def register_vspw_split(
     unseen raw ids for the training split and is empty otherwise.
     """
     meta = vspw_protocol_metadata(class_names, num_seen, protocol, class_texts)
-    hidden = list(range(num_seen + 1, len(class_names) + 1)) if split == "train" and protocol == "seen" else []
+    hidden = (
+        list(range(num_seen + 1, len(class_names) + 1))
+        if split == "train" and protocol == "seen"
+        else []
+    )
     data_root = os.path.join(root, "data")
     register_dataset(
         name,
         lambda: load_vspw_split(root, split, hint),
-        dict(meta, hidden_raw_ids=hidden, image_root=data_root, sem_seg_root=data_root, dataset_root=root),
+        dict(
+            meta,
+            hidden_raw_ids=hidden,
+            image_root=data_root,
+            sem_seg_root=data_root,
+            dataset_root=root,
+        ),
         overwrite=overwrite,
     )
 
@@ -280,14 +312,18 @@ def register_vspw_family(
     for split in splits:
         for protocol in SPLIT_PROTOCOLS.get(split, _EVAL_PROTOCOLS):
             name = f"{prefix}_{split}_{protocol}"
-            register_vspw_split(name, root, split, class_names, num_seen, protocol, class_texts, hint, overwrite)
+            register_vspw_split(
+                name, root, split, class_names, num_seen, protocol, class_texts, hint, overwrite
+            )
             names.append(name)
     return names
 
 
 def register_all_vspw(datasets_root: str) -> List[str]:
     """Register the official VSPW datasets found under ``datasets_root/VSPW_480p``."""
-    return register_vspw_family("vspw", os.path.join(datasets_root, "VSPW_480p"), get_vspw_class_names(), VSPW_NUM_SEEN)
+    return register_vspw_family(
+        "vspw", os.path.join(datasets_root, "VSPW_480p"), get_vspw_class_names(), VSPW_NUM_SEEN
+    )
 
 
 register_all_vspw(os.getenv("DETECTRON2_DATASETS", "datasets"))
