@@ -2,40 +2,48 @@
 """OV2VSS training / evaluation script (detectron2 DefaultTrainer).
 
     python train_net.py --config-file configs/vspw/ov2vss_R101.yaml --num-gpus 4
+    python train_net.py --config-file configs/vspw/ov2vss_R101.yaml --num-gpus 4 --resume
     python train_net.py --config-file configs/vspw/ov2vss_R101.yaml --eval-only MODEL.WEIGHTS model.pth
+    CUDA_VISIBLE_DEVICES= python train_net.py --config-file configs/toy/ov2vss_tiny_cpu.yaml --num-gpus 2
+
+On CPU, --num-gpus is the number of processes (gloo backend).
 """
 import logging
 import os
-import sys
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
 from detectron2.utils.logger import setup_logger
 
 import ov2vss  # noqa: F401  (registers datasets and the model)
 from ov2vss import VideoSemSegDatasetMapper, VideoSemSegEvaluator, add_ov2vss_config
+from ov2vss.checkpoint import OV2VSSCheckpointer
 from ov2vss.engine import (
-    SetupError,
+    OV2VSSTrainerBase,
+    build_resumable_train_loader,
     check_dataset_files,
     check_weights_file,
+    configure_cpu_threads,
+    launch_cli,
     prepare_datasets_for_cfg,
+    sync_model_buffers,
     test_vocabulary,
     unwrap_model,
 )
 from ov2vss.solver import build_lr_scheduler, build_optimizer
 
 
-class Trainer(DefaultTrainer):
-    """DefaultTrainer with the video clip mapper, the video evaluator and OV2VSS's solver."""
+class Trainer(OV2VSSTrainerBase):
+    """DefaultTrainer (via OV2VSSTrainerBase: DDP on CPU/GPU, AMP, exact resume, safe
+    checkpoints) with the video clip mapper, the video evaluator and OV2VSS's solver."""
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=VideoSemSegDatasetMapper(cfg, True))
+        return build_resumable_train_loader(cfg, VideoSemSegDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -65,6 +73,7 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Evaluate every DATASETS.TEST entry, each with its own vocabulary (open vocabulary)."""
         logger = logging.getLogger(__name__)
+        sync_model_buffers(model)  # every process evaluates rank 0's BN statistics
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
             loader = cls.build_test_loader(cfg, name)
@@ -85,6 +94,7 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ov2vss")
+    configure_cpu_threads(cfg)
     prepare_datasets_for_cfg(cfg)
     return cfg
 
@@ -95,7 +105,7 @@ def main(args):
     if args.eval_only:
         check_weights_file(cfg.MODEL.WEIGHTS)
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        OV2VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -108,14 +118,4 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except SetupError as e:
-        sys.exit(f"error: {e}")
+    launch_cli(main, args)
