@@ -36,6 +36,12 @@ VILD_TEMPLATES: Tuple[str, ...] = (
 )
 
 
+_TEXT_CHUNK = 256  # prompts per text-tower pass in encode_vocabulary
+
+# CLIP's contrastive-loss scalars; OV2VSS scores with its own learnable temperatures
+_UNUSED_CLIP_PARAMS = ("logit_scale", "logit_bias")
+
+
 def get_prompt_templates(spec: Union[str, Sequence[str]]) -> List[str]:
     """Resolve MODEL.CLIP.PROMPT_TEMPLATES: "vild", "imagenet" (CLIP's 80), "single", or a list."""
     if isinstance(spec, str):
@@ -140,7 +146,10 @@ class CLIPAdapter(nn.Module):
         if finetune not in ("none", "attention", "image", "full"):
             raise ValueError(f"MODEL.CLIP.FINETUNE={finetune!r}: expected none|attention|image|full")
         for name, p in self.model.named_parameters():
-            if finetune == "full":
+            if name in _UNUSED_CLIP_PARAMS:
+                # never used by OV2VSS: a trainable one would get no gradient (DDP fails on it)
+                p.requires_grad_(False)
+            elif finetune == "full":
                 p.requires_grad_(True)
             elif finetune == "image":
                 p.requires_grad_(name.startswith("visual."))
@@ -165,7 +174,7 @@ class CLIPAdapter(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode:
+        if mode and self.text_trainable:
             self._text_cache.clear()  # a trainable text tower changes its embeddings
         return self
 
@@ -190,7 +199,8 @@ class CLIPAdapter(nn.Module):
         prompts = [t.format(c) for c in class_texts for t in self.templates]
         tokens = self._tokenizer(prompts).to(device)
         with torch.set_grad_enabled(self.training and self.text_trainable):
-            emb = self.model.encode_text(tokens)
+            # in chunks: one pass over 124 names x 14 templates would hold ~1 GB of activations
+            emb = torch.cat([self.model.encode_text(t) for t in tokens.split(_TEXT_CHUNK)])
         emb = F.normalize(emb.float(), dim=-1).view(len(class_texts), len(self.templates), -1)
         emb = F.normalize(emb.mean(dim=1), dim=-1)
         if use_cache:
@@ -223,7 +233,8 @@ def vit_patch_tokens(visual: nn.Module, x: torch.Tensor, out_layers: Optional[Se
     """Run an open_clip VisionTransformer on normalised images of any size (multiple of the patch).
 
     The position embedding is interpolated to the patch grid. Returns the patch tokens
-    (class token dropped) after each block in `out_layers` (1-based), or after the last block.
+    (class token dropped) after each block in `out_layers` (1-based, in that order), or after
+    the last block.
     """
     x = visual.conv1(x)  # [B, width, gh, gw]
     gh, gw = x.shape[-2:]
@@ -232,16 +243,20 @@ def vit_patch_tokens(visual: nn.Module, x: torch.Tensor, out_layers: Optional[Se
     x = torch.cat([cls, x], dim=1) + _interpolated_pos_embed(visual.positional_embedding, gh, gw).to(x.dtype)
     x = visual.ln_pre(x)
     blocks = visual.transformer.resblocks
-    wanted = set(out_layers) if out_layers else {len(blocks)}
+    layers = list(out_layers) if out_layers else [len(blocks)]
+    last = max(layers)
     batch_first = getattr(visual.transformer, "batch_first", True)
     if not batch_first:
         x = x.transpose(0, 1)
-    outs = []
+    taken: Dict[int, torch.Tensor] = {}
     for i, block in enumerate(blocks, start=1):
         x = block(x)
-        if i in wanted:
-            outs.append((x if batch_first else x.transpose(0, 1))[:, 1:])
-    return outs
+        if i in layers:
+            taken[i] = (x if batch_first else x.transpose(0, 1))[:, 1:]
+        if i == last:  # later blocks would be wasted compute
+            break
+    # in the order asked for (a layer may feed several outputs)
+    return [taken[i] for i in layers]
 
 
 def _interpolated_pos_embed(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:

@@ -31,6 +31,13 @@ class CLIPViTBackbone(Backbone):
             raise ValueError(f"MODEL.CLIP_VIT.OUT_LAYERS {out_layers}: the tower has blocks 1..{num_blocks}")
         self.visual = visual
         self.out_layers = list(out_layers)
+        # the pooled-embedding head and the blocks after the last output layer never run here;
+        # freezing them keeps every trainable parameter in the graph (DDP requires it)
+        unused = [visual.ln_post] + list(visual.transformer.resblocks[max(out_layers):])
+        for module in unused:
+            module.requires_grad_(False)
+        if isinstance(visual.proj, nn.Parameter):
+            visual.proj.requires_grad_(False)
         ps = visual.patch_size
         self.patch = ps[0] if isinstance(ps, (tuple, list)) else int(ps)
         width = visual.conv1.out_channels
