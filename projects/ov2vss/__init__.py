@@ -9,5 +9,6 @@ from .data import VideoSemSegDatasetMapper
 from .evaluation import VideoSemSegEvaluator
 from . import modeling  # noqa: F401  (registers the CLIP ViT backbone)
 from .ov2vss_model import OV2VSS
+from .predictor import VideoPredictor
 
-__all__ = ["add_ov2vss_config", "OV2VSS", "VideoSemSegDatasetMapper", "VideoSemSegEvaluator"]
+__all__ = ["add_ov2vss_config", "OV2VSS", "VideoPredictor", "VideoSemSegDatasetMapper", "VideoSemSegEvaluator"]

@@ -90,7 +90,9 @@ class OV2VSS(nn.Module):
         if missing:
             raise ValueError(f"MODEL.OV2VSS.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
         self.lateral = nn.ModuleList(nn.Conv2d(shapes[f].channels, hidden_dim, 1) for f in self.in_features)
-        self.pools = nn.ModuleList(P2TPooling(hidden_dim, pool_sizes) for _ in self.in_features)
+        # P2T pools feed only STCF and RFE; without both they would get no gradient (DDP fails)
+        use_pools = stcf_enabled or rfe_enabled
+        self.pools = nn.ModuleList(P2TPooling(hidden_dim, pool_sizes) for _ in self.in_features if use_pools)
         self.stcf = SpatialTemporalContextFusion(hidden_dim, self.pools, fusion) if stcf_enabled else None
         self.rfe = (
             RandomFrameEnhancement(hidden_dim, len(self.in_features), num_regions, num_heads) if rfe_enabled else None
@@ -198,69 +200,141 @@ class OV2VSS(nn.Module):
         x = normalized * self.pixel_std + self.pixel_mean
         return x.flip(1) if self.input_format == "BGR" else x
 
-    def frame_features(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """Backbone features of normalised frames [F,3,H,W]: U^l projected to C (list over
-        scales) and the raw finest map U^1 (position features of Eq. 13)."""
-        feats = self.backbone(images)
-        return [lat(feats[f]) for lat, f in zip(self.lateral, self.in_features)], feats[self.in_features[0]]
+    # ------------------------------------------------------------------ stages
+    # forward() = preprocess_clips -> per-frame encoding (frame_features, pooled_features,
+    # clip_features) -> temporal_context / random_regions -> decode -> postprocess. The
+    # streaming VideoPredictor (predictor.py) calls the same stages on one frame at a time and
+    # caches the per-frame results, so both paths compute the same numbers.
+    def backbone_positions(self, num_frames: int) -> List[int]:
+        """Clip positions (target last) whose backbone features are used: all of them with
+        STCF, else only the target."""
+        return list(range(num_frames)) if self.stcf is not None else [num_frames - 1]
 
-    def forward(self, batched_inputs: List[Dict]) -> List[Dict] | Dict[str, torch.Tensor]:
-        class_texts = self.active_class_texts
-        bsz = len(batched_inputs)
+    def dense_positions(self, num_frames: int) -> List[int]:
+        """Clip positions whose dense CLIP features are used: the whole clip for video text
+        encoding over "all" frames, else only the target."""
+        return list(range(num_frames)) if (self.vte is not None and self.vte_all_frames) else [num_frames - 1]
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8/float frames [..., 3, H, W] in INPUT.FORMAT -> normalised float on the model's device."""
+        return (frames.to(self.device).float() - self.pixel_mean) / self.pixel_std
+
+    def preprocess_clips(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """Normalise and pad the clips of a batch: [B, F, 3, Hp, Wp] with F = T (+1 random frame
+        when RFE is on, last), and each clip's unpadded size."""
         num_frames = batched_inputs[0]["frames"].shape[0]
         clips = []
         for x in batched_inputs:
             if x["frames"].shape[0] != num_frames:
                 raise ValueError("all clips of a batch must have the same number of frames")
             parts = [x["frames"]] + ([x["random_frame"].unsqueeze(0)] if self.rfe is not None else [])
-            clips.append(torch.cat(parts).to(self.device))
-        clips = [(c.float() - self.pixel_mean) / self.pixel_std for c in clips]
+            clips.append(self.normalize(torch.cat(parts)))
         images = ImageList.from_tensors(clips, self.size_divisibility)
-        x = images.tensor  # [B, F, 3, Hp, Wp], F = T (+1 random)
-        padded_size = x.shape[-2:]
+        return images.tensor, list(images.image_sizes)
+
+    def pad_frame(self, frame: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """One frame [3, H, W] -> normalised, padded [1, 3, Hp, Wp] (as preprocess_clips pads)."""
+        images = ImageList.from_tensors([self.normalize(frame)], self.size_divisibility)
+        return images.tensor, images.image_sizes[0]
+
+    def frame_features(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Backbone features of normalised frames [F,3,H,W]: U^l projected to C (list over
+        scales) and the raw finest map U^1 (position features of Eq. 13)."""
+        feats = self.backbone(images)
+        return [lat(feats[f]) for lat, f in zip(self.lateral, self.in_features)], feats[self.in_features[0]]
+
+    def pooled_features(self, scales: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """P2T tokens f(U^l) [F, P, C] of every projected scale (Eq. 2)."""
+        return [pool(f) for pool, f in zip(self.pools, scales)]
+
+    def clip_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Dense CLIP features F^V [F, D, h, w] of normalised, padded frames [F, 3, H, W]."""
+        return self.clip.dense_features(self._clip_pixels(images))
+
+    def temporal_context(
+        self, clip_scales: Sequence[Sequence[torch.Tensor]], first_pooled: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """O_t [B, C, H_1, W_1] (III-A). clip_scales[i][l]: projected scale l of the clip's frame
+        at backbone position i (target last); first_pooled: f(U^l) of the first position."""
+        if self.stcf is None:
+            # no temporal context: the target's own scales summed at U^1's size, so every
+            # backbone stage and lateral conv still contributes (and trains)
+            target = clip_scales[-1]
+            size = target[0].shape[-2:]
+            return sum(F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in target)
+        return self.stcf([list(s) for s in clip_scales], list(first_pooled))
+
+    def random_regions(self, random_pooled: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Region features L_r [B, K, C] of the random frame (III-B, Eqs. 8-9)."""
+        return self.rfe.regions(list(random_pooled))
+
+    def decode(
+        self,
+        o_t: torch.Tensor,
+        regions: torch.Tensor | None,
+        dense: torch.Tensor,
+        finest: torch.Tensor,
+        text: torch.Tensor,
+        padded_size: Tuple[int, int],
+    ) -> torch.Tensor:
+        """RFE, video text encoding, cost volume and head -> logits [B, N, *padded_size].
+
+        o_t: STCF output; regions: L_r of the random frame (None without RFE); dense: CLIP
+        features of the dense positions [B, T', D, h, w] (target last); finest: the target's
+        raw U^1; text: F^T [N, D].
+        """
+        o_hat = self.rfe(o_t, regions) if self.rfe is not None else o_t  # III-B, Eq. 10
+        # III-C: video text encoding on the clip's dense CLIP features, cost volume (Eqs. 11-12)
+        if self.vte is not None:
+            bsz, _, dim = dense.shape[:3]
+            tokens = dense.permute(0, 1, 3, 4, 2).reshape(bsz, -1, dim)
+            text = self.vte(text, tokens)
+        cost = cosine_cost_volume(text, dense[:, -1])
+        # Eqs. 13-15: class-agnostic head at the decoder stride, logits upsampled
+        dec_size = (padded_size[0] // self.decoder_stride, padded_size[1] // self.decoder_stride)
+        logits = self.head(cost, finest, o_hat, dec_size)
+        return F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
+
+    def postprocess(
+        self, logits: torch.Tensor, image_sizes: Sequence[Tuple[int, int]], output_sizes: Sequence[Tuple[int, int]]
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Class probabilities cropped to each unpadded size and resized to the output size."""
+        probs = logits.softmax(dim=1)
+        return [
+            {"sem_seg": sem_seg_postprocess(p, size, h, w)}
+            for p, size, (h, w) in zip(probs, image_sizes, output_sizes)
+        ]
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict] | Dict[str, torch.Tensor]:
+        class_texts = self.active_class_texts
+        x, image_sizes = self.preprocess_clips(batched_inputs)  # [B, F, 3, Hp, Wp]
+        bsz, num_frames = x.shape[0], batched_inputs[0]["frames"].shape[0]
+        padded_size = tuple(x.shape[-2:])
 
         # which frames need the backbone: the clip (STCF on) or just the target, and the random one
-        clip_ids = list(range(num_frames)) if self.stcf is not None else [num_frames - 1]
+        clip_ids = self.backbone_positions(num_frames)
         frame_ids = clip_ids + ([num_frames] if self.rfe is not None else [])
-        flat = x[:, frame_ids].flatten(0, 1)
-        feats, finest = self.frame_features(flat)
-        feats = [f.view(bsz, len(frame_ids), *f.shape[1:]) for f in feats]
+        scales, finest = self.frame_features(x[:, frame_ids].flatten(0, 1))
+        scales = [f.view(bsz, len(frame_ids), *f.shape[1:]) for f in scales]
         finest = finest.view(bsz, len(frame_ids), *finest.shape[1:])
-        target_pos = len(clip_ids) - 1
 
         # III-A: STCF
-        if self.stcf is not None:
-            per_frame = [[f[:, i] for f in feats] for i in range(len(clip_ids))]
-            first_pooled = [pool(f[:, 0]) for pool, f in zip(self.pools, feats)]
-            o_t = self.stcf(per_frame, first_pooled)
-        else:
-            o_t = feats[0][:, target_pos]
+        per_frame = [[f[:, i] for f in scales] for i in range(len(clip_ids))]
+        first_pooled = self.pooled_features([f[:, 0] for f in scales]) if self.stcf is not None else []
+        o_t = self.temporal_context(per_frame, first_pooled)
 
         text = self.clip.encode_vocabulary(class_texts)  # F^T [N, D]
         aux_logits = self.aux_head(o_t, text) if (self.training and self.aux_head is not None) else None
 
-        # III-B: RFE with the distant frame
+        # III-B: the distant frame's regions
+        regions = None
         if self.rfe is not None:
-            rand = len(frame_ids) - 1
-            regions = self.rfe.regions([pool(f[:, rand]) for pool, f in zip(self.pools, feats)])
-            o_hat = self.rfe(o_t, regions)
-        else:
-            o_hat = o_t
+            regions = self.random_regions(self.pooled_features([f[:, len(frame_ids) - 1] for f in scales]))
 
-        # III-C: video text encoding on the clip's dense CLIP features, cost volume (Eqs. 11-12)
-        vte_ids = list(range(num_frames)) if (self.vte is not None and self.vte_all_frames) else [num_frames - 1]
-        dense = self.clip.dense_features(self._clip_pixels(x[:, vte_ids].flatten(0, 1)))
+        vte_ids = self.dense_positions(num_frames)
+        dense = self.clip_features(x[:, vte_ids].flatten(0, 1))
         dense = dense.view(bsz, len(vte_ids), *dense.shape[1:])  # [B, T', D, h, w]
-        target_dense = dense[:, -1]
-        if self.vte is not None:
-            tokens = dense.permute(0, 1, 3, 4, 2).reshape(bsz, -1, dense.shape[2])
-            text = self.vte(text, tokens)
-        cost = cosine_cost_volume(text, target_dense)
-
-        # Eqs. 13-15: class-agnostic head at the decoder stride, logits upsampled
-        dec_size = (padded_size[0] // self.decoder_stride, padded_size[1] // self.decoder_stride)
-        logits = self.head(cost, finest[:, target_pos], o_hat, dec_size)
-        logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
+        logits = self.decode(o_t, regions, dense, finest[:, len(clip_ids) - 1], text, padded_size)
 
         if self.training:
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
@@ -271,13 +345,10 @@ class OV2VSS(nn.Module):
                 losses["loss_aux"] = self.aux_loss_weight * self._ce(aux, targets)
             return losses
 
-        results = []
-        probs = logits.softmax(dim=1)
-        for i, inp in enumerate(batched_inputs):
-            h = inp.get("height", images.image_sizes[i][0])
-            w = inp.get("width", images.image_sizes[i][1])
-            results.append({"sem_seg": sem_seg_postprocess(probs[i], images.image_sizes[i], h, w)})
-        return results
+        output_sizes = [
+            (inp.get("height", size[0]), inp.get("width", size[1])) for inp, size in zip(batched_inputs, image_sizes)
+        ]
+        return self.postprocess(logits, image_sizes, output_sizes)
 
     def _ce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]

@@ -1,0 +1,346 @@
+"""Streaming OV2VSS inference: frames in, one prediction per frame out, each frame encoded once.
+
+Clip-by-clip inference (the video mapper at inference + ``OV2VSS.forward``) runs the backbone
+and the CLIP image tower on every member of every clip: with the default offsets 9/6/3 and
+RFE that is 5 backbone passes and 4 CLIP passes per output frame. :class:`VideoPredictor`
+takes the frames in order and keeps what later clips need in a small cache keyed by frame
+index, so every frame goes through the backbone and CLIP exactly once:
+
+* per frame: the projected backbone scales (STCF queries), their P2T tokens (first frame of
+  a clip, random frame) and the dense CLIP features (video text encoding);
+* per video: the region features L_r of the random frames (frame 0 and the last one) —
+  computed once each;
+* only the clip-specific work (the STCF chain, RFE attention, video text encoding, the head)
+  runs per output frame.
+
+Entries are dropped as soon as no later clip can use them (the clip indices only grow with
+the target), so the cache holds about ``max(REFERENCE_OFFSETS)`` frames.
+
+**Video of known length** (a list of frames, or ``num_frames`` + ``last_frame``): the random
+frame of target ``t`` is the one farthest in time, frame 0 or the last frame (ties -> 0), as
+the inference mapper picks it; the last frame is encoded up front and its features are kept
+until it is reached. The output equals clip-by-clip inference to float tolerance.
+
+**Live stream** (``num_frames=None``): the future is unknown, so the random frame is the
+farthest frame *seen so far*, which is always frame 0. Frames in the first half of the video
+therefore get a different random frame than clip-by-clip inference of the finished video
+would give them (the last frame); everything else is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from torch import nn
+
+from .checkpoint import OV2VSSCheckpointer
+from .data.video_mapper import clip_indices, farthest_frame
+
+__all__ = ["VideoPredictor", "FrameSizeError", "load_model_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+class FrameSizeError(ValueError):
+    """A frame whose size differs from the video's first frame."""
+
+
+class _RecordingCheckpointer(OV2VSSCheckpointer):
+    """The project checkpointer (safe loading, errors naming the file) that also keeps the keys
+    a checkpoint lacked (detectron2 only logs them)."""
+
+    missing_keys: List[str] = []
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        self.missing_keys = list(incompatible.missing_keys)
+        super()._log_incompatible_keys(incompatible)
+
+
+def load_model_weights(model: nn.Module, cfg: CfgNode) -> Optional[str]:
+    """Load ``cfg.MODEL.WEIGHTS`` into ``model``.
+
+    Returns a warning (also logged) when modules stay randomly initialised: MODEL.WEIGHTS is
+    empty, or the checkpoint lacks them (e.g. an ImageNet backbone, not a trained OV2VSS);
+    CLIP counts as initialised when MODEL.CLIP.PRETRAINED is set. Raises FileNotFoundError
+    naming a weights file that does not exist.
+    """
+    path = cfg.MODEL.WEIGHTS
+    clip = cfg.MODEL.CLIP.PRETRAINED
+    if path:
+        if "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint file {path} does not exist")
+        checkpointer = _RecordingCheckpointer(model)
+        checkpointer.load(path)
+        missing = sorted({k.split(".")[0] for k in checkpointer.missing_keys} - ({"clip"} if clip else set()))
+        if not missing:
+            return None
+        msg = (
+            f"MODEL.WEIGHTS {path} has no weights for {missing}: they are randomly initialised, "
+            "so the predictions are meaningless unless it is a trained OV2VSS checkpoint."
+        )
+    else:
+        what = (
+            f"only CLIP is pretrained (MODEL.CLIP.PRETRAINED={clip!r}); the backbone, STCF, RFE, "
+            "video text encoding and the head"
+            if clip
+            else "the whole model, CLIP included (MODEL.CLIP.PRETRAINED is empty too),"
+        )
+        msg = (
+            f"MODEL.WEIGHTS is empty: {what} are randomly initialised, so the predictions are "
+            "meaningless. Pass a trained checkpoint with MODEL.WEIGHTS <file.pth>."
+        )
+    logger.warning(msg)
+    return msg
+
+
+@dataclass
+class _FrameEntry:
+    """Cached per-frame features (batch dimension 1). Fields are dropped when no longer needed."""
+
+    scales: Optional[List[torch.Tensor]] = None  # projected U^l, STCF queries / target features
+    pooled: Optional[List[torch.Tensor]] = None  # f(U^l): first frame of a clip, random frame
+    dense: Optional[torch.Tensor] = None  # F^V [1, D, h, w]
+    finest: Optional[torch.Tensor] = None  # raw U^1, only while the frame is still to be a target
+    unpadded: Tuple[int, int] = (0, 0)  # resized frame size
+    padded: Tuple[int, int] = (0, 0)  # after padding to the model's size divisibility
+
+    def empty(self) -> bool:
+        return self.scales is None and self.pooled is None and self.dense is None and self.finest is None
+
+
+class VideoPredictor:
+    """Segment a video frame by frame with OV2VSS, encoding every frame once.
+
+    Args:
+        cfg: the config (test resizing INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, INPUT.FORMAT, the
+            clip offsets INPUT.CLIP.*). Without ``model`` the model is built from it and
+            ``MODEL.WEIGHTS`` is loaded (see :func:`load_model_weights`).
+        model: an already built OV2VSS model (its weights are used as they are).
+        frame_format: channel order of the frames passed in, "RGB" (PyAV, PIL) or "BGR" (OpenCV).
+
+    Usage::
+
+        predictor = VideoPredictor(cfg)
+        predictor.model.set_test_vocabulary(["road", "car", "person"])
+        for out in predictor.run(frames):        # a list (known length), or an iterator
+            probs = out["sem_seg"]               # [N, H, W] class probabilities, original size
+
+    or, one frame at a time: ``predictor.reset(num_frames, last_frame)`` then
+    ``predictor.push(frame)`` for each frame in order.
+    """
+
+    def __init__(self, cfg: CfgNode, model: Optional[nn.Module] = None, frame_format: str = "RGB"):
+        if frame_format not in ("RGB", "BGR"):
+            raise ValueError(f"frame_format must be 'RGB' or 'BGR', got {frame_format!r}")
+        if model is None:
+            model = build_model(cfg)
+            self.weights_warning = load_model_weights(model, cfg)
+        else:
+            self.weights_warning = None
+        self.model = model.eval()
+        self.frame_format = frame_format
+        self.input_format = cfg.INPUT.FORMAT
+        self.offsets = [int(k) for k in cfg.INPUT.CLIP.REFERENCE_OFFSETS]
+        if any(k < 0 for k in self.offsets):
+            raise ValueError(f"INPUT.CLIP.REFERENCE_OFFSETS={self.offsets}: streaming needs past frames only (k >= 0)")
+        self.use_random_frame = bool(cfg.INPUT.CLIP.RANDOM_FRAME)
+        self.resize = (
+            T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+            if cfg.INPUT.MIN_SIZE_TEST > 0
+            else None
+        )
+        # what each clip position needs, and how far back (offset k) it reaches
+        clip_len = len(self.offsets) + 1
+        ks = self.offsets + [0]
+        stcf = self.model.stcf is not None
+        scale_pos = self.model.backbone_positions(clip_len)[1:] if stcf else []
+        self._reach = {
+            "scales": max([ks[p] for p in scale_pos], default=0),
+            "pooled": ks[0] if stcf else None,
+            "dense": max(ks[p] for p in self.model.dense_positions(clip_len)),
+        }
+        self._needs_pooled = stcf or self.model.rfe is not None
+        self.reset()
+
+    # ------------------------------------------------------------------ video state
+    def reset(self, num_frames: Optional[int] = None, last_frame: Optional[np.ndarray] = None) -> None:
+        """Start a new video. ``num_frames`` None means a live stream (random frame = frame 0).
+
+        With a known length > 1 and RFE on, ``last_frame`` (the video's final frame) is required:
+        it is the random frame of the first half of the video.
+        """
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+        self.num_frames = num_frames
+        self._next = 0
+        self._size: Optional[Tuple[Tuple[int, int], int]] = None  # (H, W) and the frame it came from
+        self._last_frame: Optional[np.ndarray] = None
+        self._cache: Dict[int, _FrameEntry] = {}
+        self._regions: Dict[int, torch.Tensor] = {}
+        needs_last = num_frames is not None and num_frames > 1 and self.model.rfe is not None and self.use_random_frame
+        if needs_last:
+            if last_frame is None:
+                raise ValueError(
+                    "a video of known length needs its last frame up front (random frame of RFE): "
+                    "pass last_frame=, or num_frames=None for a live stream"
+                )
+            self._check_size(last_frame, num_frames - 1)
+            self._last_frame = last_frame
+            self._encode(num_frames - 1, last_frame)
+
+    @property
+    def cached_frames(self) -> List[int]:
+        """Indices of the frames whose features are currently cached."""
+        return sorted(self._cache)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory held by the cached features and region features."""
+        tensors = list(self._regions.values())
+        for e in self._cache.values():
+            tensors += (e.scales or []) + (e.pooled or []) + [t for t in (e.dense, e.finest) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _check_size(self, frame: np.ndarray, index: int) -> None:
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+            shape = getattr(frame, "shape", type(frame).__name__)
+            raise ValueError(f"frame {index}: expected an HxWx3 uint8 array, got {shape}")
+        size = frame.shape[:2]
+        if self._size is None:
+            self._size = (size, index)
+        elif size != self._size[0]:
+            (h, w), ref = self._size
+            raise FrameSizeError(
+                f"frame {index} has size {size[1]}x{size[0]} (WxH) but frame {ref} has size "
+                f"{w}x{h}: all frames of a video must have the same size"
+            )
+
+    # ------------------------------------------------------------------ encoding
+    def _prepare(self, frame: np.ndarray) -> torch.Tensor:
+        """The inference mapper's preprocessing: resize (PIL, as the mapper) and channel order."""
+        if frame.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {frame.dtype}")
+        if self.frame_format != self.input_format:
+            frame = frame[:, :, ::-1]
+        if self.resize is not None:
+            frame = self.resize.get_transform(frame).apply_image(frame)
+        return torch.as_tensor(np.ascontiguousarray(frame.transpose(2, 0, 1)))
+
+    def _is_random_candidate(self, index: int) -> bool:
+        if self.model.rfe is None:
+            return False
+        if not self.use_random_frame:
+            return True  # the target is its own "random" frame
+        return index == 0 or (self.num_frames is not None and index == self.num_frames - 1)
+
+    @torch.no_grad()
+    def _encode(self, index: int, frame: np.ndarray) -> _FrameEntry:
+        """Run the backbone (and CLIP) once on a frame and cache what later clips need."""
+        image, unpadded = self.model.pad_frame(self._prepare(frame))
+        scales, finest = self.model.frame_features(image)
+        entry = _FrameEntry(
+            scales=scales,
+            finest=finest,
+            pooled=self.model.pooled_features(scales) if self._needs_pooled else None,
+            dense=self.model.clip_features(image),
+            unpadded=tuple(unpadded),
+            padded=tuple(image.shape[-2:]),
+        )
+        if self._is_random_candidate(index):
+            self._regions[index] = self.model.random_regions(entry.pooled)
+        self._cache[index] = entry
+        return entry
+
+    # ------------------------------------------------------------------ prediction
+    def random_frame_index(self, target: int) -> int:
+        """The random frame of ``target``: farthest frame of the video (of the frames seen so
+        far for a live stream, i.e. frame 0), or the target itself with RANDOM_FRAME off."""
+        if not self.use_random_frame:
+            return target
+        return farthest_frame(target, self.num_frames if self.num_frames is not None else target + 1)
+
+    @torch.no_grad()
+    def push(self, frame: np.ndarray) -> Dict[str, torch.Tensor]:
+        """Process the next frame of the video; returns ``{"sem_seg": [N, H, W] probabilities}``
+        at the frame's original size (N = the model's test vocabulary)."""
+        t = self._next
+        if self.num_frames is not None and t >= self.num_frames:
+            raise ValueError(f"the video was announced with {self.num_frames} frames; got frame {t}")
+        self._check_size(frame, t)
+        model = self.model
+        entry = self._cache.get(t)
+        if entry is not None and self._last_frame is not None and t == self.num_frames - 1:
+            # encoded up front as the random frame: it must be the frame announced then
+            if not np.array_equal(frame, self._last_frame):
+                raise ValueError(f"frame {t} differs from the last_frame given to reset()")
+        if entry is None or entry.finest is None:
+            entry = self._encode(t, frame)
+
+        length = self.num_frames if self.num_frames is not None else t + 1
+        clip = clip_indices(t, length, self.offsets)
+        positions = model.backbone_positions(len(clip))
+        # STCF reads only the pooled tokens of the first clip frame (its maps may be evicted)
+        clip_scales = [self._cache[clip[p]].scales or [] for p in positions[:-1]] + [entry.scales]
+        first_pooled = self._cache[clip[0]].pooled if model.stcf is not None else []
+        o_t = model.temporal_context(clip_scales, first_pooled)
+
+        regions = None
+        if model.rfe is not None:
+            rand = self.random_frame_index(t)
+            regions = self._regions[rand]
+        dense = torch.stack([self._cache[clip[p]].dense for p in model.dense_positions(len(clip))], dim=1)
+        text = model.clip.encode_vocabulary(model.active_class_texts)
+        logits = model.decode(o_t, regions, dense, entry.finest, text, entry.padded)
+        result = model.postprocess(logits, [entry.unpadded], [self._size[0]])[0]
+
+        self._next = t + 1
+        self._evict(t)
+        return result
+
+    def _evict(self, t: int) -> None:
+        """Drop every cached field no target after ``t`` can use (clip indices grow with t)."""
+        if self.num_frames is not None and t == self.num_frames - 1:  # the video is done
+            self._cache.clear()
+            self._regions.clear()
+            return
+        if not self.use_random_frame:
+            self._regions.pop(t, None)
+        for index in list(self._cache):
+            entry = self._cache[index]
+            if index <= t:
+                entry.finest = None
+            for name, reach in self._reach.items():
+                if reach is None or index < t + 1 - reach:
+                    setattr(entry, name, None)
+            if entry.empty():
+                del self._cache[index]
+
+    def run(
+        self,
+        frames: Iterable[np.ndarray],
+        num_frames: Optional[int] = None,
+        last_frame: Optional[np.ndarray] = None,
+    ) -> Iterator[Dict[str, torch.Tensor]]:
+        """Predict every frame of a video, in order (a generator).
+
+        ``frames``: a sequence (its length and last frame are used: exact clip-by-clip
+        results), or an iterator with ``num_frames`` and ``last_frame`` given, or an iterator
+        alone (live stream: see the module docstring).
+        """
+        if num_frames is None and hasattr(frames, "__len__") and hasattr(frames, "__getitem__"):
+            if len(frames) == 0:
+                raise ValueError("the video has no frames")
+            num_frames, last_frame = len(frames), frames[-1]
+        self.reset(num_frames, last_frame)
+        for frame in frames:
+            yield self.push(frame)
+        if self.num_frames is not None and self._next != self.num_frames:
+            raise ValueError(f"the video was announced with {self.num_frames} frames but had {self._next}")
