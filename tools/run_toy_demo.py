@@ -14,6 +14,7 @@
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -93,6 +94,24 @@ def print_table(title: str, results: Dict[str, dict]) -> None:
         print(f"{name:<22}{n:>8}{100.0 / n:>8.1f}{cells}")
 
 
+class _ConsoleFilter(logging.Filter):
+    """On the console: training progress, evaluation tables and warnings (the rest, e.g. the
+    model printout, goes to OUTPUT_DIR/log.txt only)."""
+
+    SHOWN = ("detectron2.utils.events", "ov2vss.evaluation.video_sem_seg_evaluation")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name in self.SHOWN
+
+
+def quiet_console_logging(output_dir: str) -> None:
+    for name, abbrev in (("detectron2", "d2"), ("ov2vss", "ov2vss")):
+        logger = setup_logger(output=output_dir, name=name, abbrev_name=abbrev)
+        for handler in logger.handlers:
+            if getattr(handler, "stream", None) is sys.stdout:
+                handler.addFilter(_ConsoleFilter())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/toy/ov2vss_tiny_cpu.yaml")
@@ -101,8 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated toy dataset")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
-    setup_logger(name="ov2vss", abbrev_name="ov2vss")
-    setup_logger(name="detectron2", abbrev_name="d2")
+    quiet_console_logging(args.output_dir)
     # honour OMP_NUM_THREADS (the Makefile sets it); else both cores of the reference machine
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or min(2, os.cpu_count() or 1))
 
