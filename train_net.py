@@ -31,9 +31,9 @@ from ov2vss.engine import (
     launch_cli,
     prepare_datasets_for_cfg,
     sync_model_buffers,
-    test_vocabulary,
     unwrap_model,
 )
+from ov2vss.ov2vss_model import dataset_vocabulary
 from ov2vss.solver import build_lr_scheduler, build_optimizer
 
 
@@ -78,7 +78,7 @@ class Trainer(OV2VSSTrainerBase):
         for idx, name in enumerate(cfg.DATASETS.TEST):
             loader = cls.build_test_loader(cfg, name)
             evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
-            with unwrap_model(model).vocabulary(test_vocabulary(cfg, name)):
+            with unwrap_model(model).vocabulary(dataset_vocabulary(name)):
                 results[name] = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
                 logger.info(f"Evaluation results for {name} in csv format:")

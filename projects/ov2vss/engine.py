@@ -1,7 +1,6 @@
 """Training engine of OV2VSS (used by train_net.py).
 
 * early, clear errors about the user's files and config (:class:`SetupError`),
-* per-dataset vocabularies for evaluation,
 * :class:`OV2VSSTrainerBase`: detectron2's ``DefaultTrainer`` made ready for scale —
   DDP on CPU (gloo) as well as GPU, ``SOLVER.AMP`` on GPU (fp16) and CPU (bf16 autocast),
   atomic / safely loaded checkpoints, and runs that resume exactly: the data stream and
@@ -38,7 +37,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .checkpoint import CheckpointError, OV2VSSCheckpointer
-from .ov2vss_model import dataset_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +47,6 @@ class SetupError(RuntimeError):
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def test_vocabulary(cfg: CfgNode, dataset_name: str) -> List[str]:
-    """The vocabulary a test dataset is evaluated with: its own class texts (metadata)."""
-    return dataset_vocabulary(dataset_name)
 
 
 def prepare_datasets_for_cfg(cfg: CfgNode) -> None:

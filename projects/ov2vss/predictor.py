@@ -42,7 +42,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from .checkpoint import OV2VSSCheckpointer
-from .data.video_mapper import clip_indices, farthest_frame
+from .data.video_mapper import clip_indices, farthest_frame, test_augmentations
 
 __all__ = ["VideoPredictor", "FrameSizeError", "load_model_weights"]
 
@@ -152,11 +152,7 @@ class VideoPredictor:
         if any(k < 0 for k in self.offsets):
             raise ValueError(f"INPUT.CLIP.REFERENCE_OFFSETS={self.offsets}: streaming needs past frames only (k >= 0)")
         self.use_random_frame = bool(cfg.INPUT.CLIP.RANDOM_FRAME)
-        self.resize = (
-            T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
-            if cfg.INPUT.MIN_SIZE_TEST > 0
-            else None
-        )
+        self.resize = T.AugmentationList(test_augmentations(cfg))
         # what each clip position needs, and how far back (offset k) it reaches
         clip_len = len(self.offsets) + 1
         ks = self.offsets + [0]
@@ -230,8 +226,7 @@ class VideoPredictor:
             raise ValueError(f"frames must be uint8, got {frame.dtype}")
         if self.frame_format != self.input_format:
             frame = frame[:, :, ::-1]
-        if self.resize is not None:
-            frame = self.resize.get_transform(frame).apply_image(frame)
+        frame = self.resize(T.AugInput(frame)).apply_image(frame)
         return torch.as_tensor(np.ascontiguousarray(frame.transpose(2, 0, 1)))
 
     def _is_random_candidate(self, index: int) -> bool:

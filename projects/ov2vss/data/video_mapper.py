@@ -117,6 +117,15 @@ class ClipColorAugmentation(T.Augmentation):
         return ClipColorTransform(brightness, contrast, center, saturation, self.gray_weights)
 
 
+def test_augmentations(cfg) -> List[T.Augmentation]:
+    """Inference resizing (shared with the streaming predictor, which must match it):
+    ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST); MIN_SIZE_TEST 0 disables it
+    (detectron2 convention)."""
+    if cfg.INPUT.MIN_SIZE_TEST <= 0:
+        return []
+    return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+
+
 class VideoSemSegDatasetMapper:
     """Map one dataset record (``file_name``, ``sem_seg_file_name``, ``video_id``,
     ``frame_index``, ``video_frames``, ``height``, ``width``) to a model input::
@@ -231,12 +240,8 @@ class VideoSemSegDatasetMapper:
             augs.append(T.RandomFlip(horizontal=True, vertical=False))
             if cfg.INPUT.COLOR_AUG_SSD:
                 augs.append(ClipColorAugmentation(cfg.INPUT.FORMAT))
-        elif cfg.INPUT.MIN_SIZE_TEST > 0:  # detectron2 convention: 0 disables test resizing
-            augs = [
-                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
-            ]
         else:
-            augs = []
+            augs = test_augmentations(cfg)
 
         stuff_classes = meta.get("stuff_classes", None)
         return {
