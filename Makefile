@@ -1,7 +1,7 @@
 # Two entry points (README): `make demo` and `make test`; both set up .venv first if needed.
 PY := .venv/bin/python
 
-.PHONY: setup demo test benchmark clean-env
+.PHONY: setup demo test lint format benchmark clean-env
 
 setup:
 	@bash tools/setup_env.sh
@@ -14,6 +14,16 @@ demo: setup
 test: export OMP_NUM_THREADS = 1
 test: setup
 	$(PY) -m pytest -q tests
+
+# formatting (pyproject.toml: black + isort, line length 100)
+LINT_PATHS := projects tests tools benchmarks datasets demo train_net.py setup.py
+lint: setup
+	$(PY) -m black --check --quiet $(LINT_PATHS)
+	$(PY) -m isort --check-only --quiet $(LINT_PATHS)
+
+format: setup
+	$(PY) -m isort --quiet $(LINT_PATHS)
+	$(PY) -m black --quiet $(LINT_PATHS)
 
 benchmark: setup
 	$(PY) benchmarks/run_all.py

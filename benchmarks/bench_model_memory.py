@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Peak memory and time of one OV2VSS inference forward on CPU (issue 3, item 5).
+"""Peak memory and time of one OV2VSS inference forward on CPU (README "Benchmarks").
 
-One 480 x 853 clip (the 4 clip frames t-9, t-6, t-3, t plus the random frame), the full VSPW
+One 480 x 853 window (the 4 frames t-9, t-6, t-3, t plus the random frame), the full VSPW
 vocabulary of 124 names, random weights (MODEL.WEIGHTS "" and MODEL.CLIP.PRETRAINED "", so
 nothing is downloaded). Each config runs in its own process so that its peak RSS
 (``ru_maxrss``) is its own. Target: peak RSS under 8 GB for the R-50 config.
 
     python benchmarks/bench_model_memory.py [--threads N] [--configs a.yaml b.yaml]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,20 +70,26 @@ class PhasePeak:
 def measure(config: str, threads: int) -> Dict[str, float]:
     """Build the model of ``config`` with random weights, encode the vocabulary, run one forward."""
     import torch
-    from detectron2.config import get_cfg
     from detectron2.data import MetadataCatalog
     from detectron2.modeling import build_model
 
     import ov2vss  # noqa: F401  (registers the model and the datasets)
-    from ov2vss import add_ov2vss_config
+    from ov2vss.config import get_ov2vss_cfg
 
     torch.set_num_threads(threads)
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, config))
+    cfg = get_ov2vss_cfg(os.path.join(REPO, config))
     vocabulary = list(MetadataCatalog.get("vspw_val_all").class_texts)  # the 124 VSPW names
     cfg.merge_from_list(
-        ["MODEL.WEIGHTS", "", "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu", "MODEL.OV2VSS.TEST_VOCABULARY", vocabulary]
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.CLIP.PRETRAINED",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.OV2VSS.TEST_VOCABULARY",
+            vocabulary,
+        ]
     )
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -92,8 +99,14 @@ def measure(config: str, threads: int) -> Dict[str, float]:
 
     h, w = FRAME_SIZE
     gen = torch.Generator().manual_seed(0)
-    clip = {
-        "frames": torch.randint(0, 256, (len(cfg.INPUT.CLIP.REFERENCE_OFFSETS) + 1, 3, h, w), generator=gen, dtype=torch.uint8),
+    window = {
+        "frames": torch.randint(
+            0,
+            256,
+            (len(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS) + 1, 3, h, w),
+            generator=gen,
+            dtype=torch.uint8,
+        ),
         "random_frame": torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8),
         "height": h,
         "width": w,
@@ -106,7 +119,7 @@ def measure(config: str, threads: int) -> Dict[str, float]:
         text_s = time.perf_counter() - start
         start = time.perf_counter()
         with PhasePeak() as forward_peak:
-            out = model([clip])[0]["sem_seg"]
+            out = model([window])[0]["sem_seg"]
         forward_s = time.perf_counter() - start
     if tuple(out.shape) != (len(vocabulary), h, w):
         raise RuntimeError(f"{config}: unexpected output shape {tuple(out.shape)}")
@@ -135,15 +148,35 @@ def run_in_subprocess(config: str, threads: int) -> Optional[Dict[str, float]]:
 def print_table(rows: List[Dict]) -> None:
     header = ["config", "params (M)", "build (s)", "text (s)", "forward (s)", "RSS model (GB)",
               "peak text (GB)", "peak forward (GB)", "peak RSS (GB)", "target"]  # fmt: skip
-    keys = ["params_m", "build_s", "text_s", "forward_s", "rss_model_gb", "text_peak_gb", "forward_peak_gb", "peak_rss_gb"]
+    keys = [
+        "params_m",
+        "build_s",
+        "text_s",
+        "forward_s",
+        "rss_model_gb",
+        "text_peak_gb",
+        "forward_peak_gb",
+        "peak_rss_gb",
+    ]
     table = [header]
     for r in rows:
         m, target = r["result"], TARGET_GB.get(r["config"])
         if m is None:
             table.append([r["config"], "failed"] + [""] * (len(header) - 2))
             continue
-        verdict = "-" if target is None else f"< {target:g} GB: {'ok' if m['peak_rss_gb'] < target else 'MISSED'}"
-        table.append([r["config"]] + [f"{m[k]:.1f}" if k.endswith("_s") or k == "params_m" else f"{m[k]:.2f}" for k in keys] + [verdict])
+        verdict = (
+            "-"
+            if target is None
+            else f"< {target:g} GB: {'ok' if m['peak_rss_gb'] < target else 'MISSED'}"
+        )
+        table.append(
+            [r["config"]]
+            + [
+                f"{m[k]:.1f}" if k.endswith("_s") or k == "params_m" else f"{m[k]:.2f}"
+                for k in keys
+            ]
+            + [verdict]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for i, row in enumerate(table):
         print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
@@ -153,25 +186,36 @@ def print_table(rows: List[Dict]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="configs, relative to the repository")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
+    parser.add_argument(
+        "--configs", nargs="+", default=DEFAULT_CONFIGS, help="configs, relative to the repository"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads"
+    )
+    parser.add_argument(
+        "--worker", help=argparse.SUPPRESS
+    )  # internal: measure one config, print JSON
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(args.worker, args.threads)))
         return 0
 
     print(
-        f"OV2VSS inference, one {FRAME_SIZE[0]}x{FRAME_SIZE[1]} clip of 4 frames + the random frame, "
+        f"OV2VSS inference, one {FRAME_SIZE[0]}x{FRAME_SIZE[1]} window of 4 frames + the random frame, "
         f"124 classes, random weights, CPU, {args.threads} thread(s)"
     )
     rows = [{"config": c, "result": run_in_subprocess(c, args.threads)} for c in args.configs]
     print_table(rows)
     print(
         "text: encoding the 124 names x the config's prompt templates, once per vocabulary (cached);\n"
-        "forward: the clip's inference forward with the cached text; peaks are RSS during each phase."
+        "forward: the window's inference forward with the cached text; peaks are RSS during each phase."
     )
-    missed = [r for r in rows if r["result"] is None or r["result"]["peak_rss_gb"] >= TARGET_GB.get(r["config"], float("inf"))]
+    missed = [
+        r
+        for r in rows
+        if r["result"] is None
+        or r["result"]["peak_rss_gb"] >= TARGET_GB.get(r["config"], float("inf"))
+    ]
     return 1 if missed else 0
 
 

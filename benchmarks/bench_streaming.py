@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Per-frame latency and memory of video inference on CPU (issue 4, item 3).
+"""Per-frame latency and memory of video inference on CPU (README "Benchmarks").
 
 Three ways to segment every frame of a 480 x 853 video:
 
   (a) image  the image-only path: one frame per forward, STCF / RFE / VTE off;
-  (b) naive  clip-by-clip OV2VSS: a forward per frame on its clip t-9, t-6, t-3, t plus the
+  (b) naive  window-by-window OV2VSS: a forward per frame on its window t-9, t-6, t-3, t plus the
              random frame (5 backbone and 4 CLIP passes per output frame);
   (c) stream ``VideoPredictor``: every frame encoded once, per-frame features cached (its
              up-front encoding of the last frame, the random frame, is counted).
@@ -67,13 +67,9 @@ def _reset_peak_rss() -> None:
 
 
 def build_cfg(config: str, image_only: bool, clip_arch: Optional[str]):
-    from detectron2.config import get_cfg
+    from ov2vss.config import get_ov2vss_cfg
 
-    from ov2vss import add_ov2vss_config
-
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, CONFIGS.get(config, config)))
+    cfg = get_ov2vss_cfg(os.path.join(REPO, CONFIGS.get(config, config)))
     opts = [
         "MODEL.WEIGHTS", "", "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu",
         "MODEL.OV2VSS.TEST_VOCABULARY", VOCABULARY, "DATASETS.TRAIN", (), "DATASETS.TEST", (),
@@ -84,7 +80,7 @@ def build_cfg(config: str, image_only: bool, clip_arch: Optional[str]):
     if image_only:
         opts += [
             "MODEL.OV2VSS.STCF.ENABLED", False, "MODEL.OV2VSS.RFE.ENABLED", False,
-            "MODEL.OV2VSS.VTE.ENABLED", False, "INPUT.CLIP.REFERENCE_OFFSETS", [],
+            "MODEL.OV2VSS.VTE.ENABLED", False, "INPUT.TEMPORAL.REFERENCE_OFFSETS", [],
         ]  # fmt: skip
     cfg.merge_from_list(opts)
     return cfg
@@ -117,12 +113,14 @@ class _Meter:
         return out
 
 
-def measure(config: str, num_frames: int, naive_frames: int, threads: int, clip_arch: Optional[str]) -> Dict:
+def measure(
+    config: str, num_frames: int, naive_frames: int, threads: int, clip_arch: Optional[str]
+) -> Dict:
     import torch
     from detectron2.modeling import build_model
 
     import ov2vss  # noqa: F401  (registers the model)
-    from ov2vss.data.video_mapper import clip_indices, farthest_frame
+    from ov2vss.data.frame_sampling import farthest_frame, window_indices
     from ov2vss.predictor import VideoPredictor
 
     torch.set_num_threads(threads)
@@ -135,32 +133,32 @@ def measure(config: str, num_frames: int, naive_frames: int, threads: int, clip_
     frames = make_frames(num_frames)
     tensors = [torch.as_tensor(f.transpose(2, 0, 1).copy()) for f in frames]
 
-    def clip_input(t: int, offsets: List[int]) -> Dict:
-        clip = clip_indices(t, num_frames, offsets)
+    def window_input(t: int, offsets: List[int]) -> Dict:
+        window = window_indices(t, num_frames, offsets)
         return {
-            "frames": torch.stack([tensors[i] for i in clip]),
+            "frames": torch.stack([tensors[i] for i in window]),
             "random_frame": tensors[farthest_frame(t, num_frames)],
             "height": HEIGHT,
             "width": WIDTH,
         }
 
-    offsets = list(cfg.INPUT.CLIP.REFERENCE_OFFSETS)
+    offsets = list(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS)
     meters = {mode: _Meter() for mode in MODES}
     cache_bytes = 0
     with torch.no_grad():
         # warm-up (first calls allocate and encode the vocabulary)
-        image_model([clip_input(0, [])])
-        model([clip_input(0, offsets)])
+        image_model([window_input(0, [])])
+        model([window_input(0, offsets)])
         list(predictor.run(frames[:2]))
         rss_model = _proc_status_kib("VmRSS")
 
         meters["stream"](lambda: predictor.reset(num_frames, frames[-1]))
         for t in range(num_frames):
-            out_a = meters["image"](lambda: image_model([clip_input(t, [])])[0])
+            out_a = meters["image"](lambda: image_model([window_input(t, [])])[0])
             out_c = meters["stream"](lambda: predictor.push(frames[t]))
             cache_bytes = max(cache_bytes, predictor.cache_bytes)
             if t < naive_frames:
-                out_b = meters["naive"](lambda: model([clip_input(t, offsets)])[0])
+                out_b = meters["naive"](lambda: model([window_input(t, offsets)])[0])
     for out in (out_a, out_b, out_c):
         if tuple(out["sem_seg"].shape) != (len(VOCABULARY), HEIGHT, WIDTH):
             raise RuntimeError(f"unexpected output shape {tuple(out['sem_seg'].shape)}")
@@ -185,7 +183,9 @@ def run_config(config: str, args: argparse.Namespace) -> Optional[Dict]:
     """measure() in a fresh process, so that the configs do not share memory or allocator state."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         try:
-            return pool.apply(measure, (config, args.frames, args.naive_frames, args.threads, args.clip_arch))
+            return pool.apply(
+                measure, (config, args.frames, args.naive_frames, args.threads, args.clip_arch)
+            )
         except Exception as e:  # report and go on with the other configs
             sys.stderr.write(f"{config} failed: {type(e).__name__}: {e}\n")
             return None
@@ -193,18 +193,34 @@ def run_config(config: str, args: argparse.Namespace) -> Optional[Dict]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="tiny, r50 or config paths")
+    parser.add_argument(
+        "--configs", nargs="+", default=list(CONFIGS), help="tiny, r50 or config paths"
+    )
     parser.add_argument("--frames", type=int, default=12, help="frames of the video")
-    parser.add_argument("--naive-frames", type=int, default=3, help="frames (b) also runs on (its cost is constant)")
+    parser.add_argument(
+        "--naive-frames", type=int, default=3, help="frames (b) also runs on (its cost is constant)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--clip-arch", default=None, help="override MODEL.CLIP.ARCH of the non-tiny configs")
+    parser.add_argument(
+        "--clip-arch", default=None, help="override MODEL.CLIP.ARCH of the non-tiny configs"
+    )
     args = parser.parse_args(argv)
 
     print(
         f"OV2VSS video inference, {HEIGHT}x{WIDTH} frames, {len(VOCABULARY)} classes, random weights, CPU: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s)"
     )
-    header = ["config", "mode", "frames", "wall ms/frame", "CPU ms/frame", "x (a)", "(b)/(c)", "+RSS MiB", "cache MiB"]
+    header = [
+        "config",
+        "mode",
+        "frames",
+        "wall ms/frame",
+        "CPU ms/frame",
+        "x (a)",
+        "(b)/(c)",
+        "+RSS MiB",
+        "cache MiB",
+    ]
     rows, failed, notes = [header], False, []
     for config in args.configs:
         res = run_config(config, args)

@@ -7,6 +7,7 @@ to every script. The exit status is 1 when any script fails or misses its target
     python benchmarks/run_all.py            # all of them
     python benchmarks/run_all.py --only memory streaming
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def find_scripts(only: Optional[List[str]] = None) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmarks/bench_*.py script.")
-    parser.add_argument("--only", nargs="+", help="run only the scripts whose name contains one of these words")
+    parser.add_argument(
+        "--only", nargs="+", help="run only the scripts whose name contains one of these words"
+    )
     args, passthrough = parser.parse_known_args(argv)
     scripts = find_scripts(args.only)
     if not scripts:

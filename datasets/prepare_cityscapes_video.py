@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Create Cityscapes ``*_gtFine_labelTrainIds.png`` (19 train ids, 255 = ignore) and check the snippets.
+"""Create Cityscapes ``*_gtFine_labelTrainIds.png`` (19 train ids, 255 = ignore) and check the
+snippets.
 
     python datasets/prepare_cityscapes_video.py [--root $DETECTRON2_DATASETS/cityscapes]
         [--splits val] [--method auto|cityscapesscripts|builtin] [--overwrite] [--check-sequences]
@@ -19,6 +20,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from ov2vss.data.datasets.root import datasets_root
+from ov2vss.data.label_maps import save_png_atomically
 
 # Cityscapes label id -> train id (cityscapesscripts/helpers/labels.py); ids not listed -> 255.
 ID_TO_TRAIN_ID = {
@@ -46,7 +50,7 @@ def convert_label_ids(src: str, dst: str) -> None:
         raise OSError(f"cannot read {src}: {e}") from e
     if ids.ndim != 2:
         raise ValueError(f"{src}: expected a single-channel label image, got shape {ids.shape}")
-    Image.fromarray(id_to_train_id_lut()[ids]).save(dst)
+    save_png_atomically(id_to_train_id_lut()[ids], dst)  # never a half-written file
 
 
 def _has_cityscapesscripts() -> bool:
@@ -60,7 +64,8 @@ def _has_cityscapesscripts() -> bool:
 def create_train_id_labels(
     root: str, split: str, method: str = "auto", overwrite: bool = False
 ) -> int:
-    """Create the missing ``*_gtFine_labelTrainIds.png`` of ``split``; returns how many were written."""
+    """Create the missing ``*_gtFine_labelTrainIds.png`` of ``split``; returns how many were
+    written."""
     gt_root = os.path.join(root, "gtFine", split)
     if not os.path.isdir(gt_root):
         raise FileNotFoundError(
@@ -98,7 +103,8 @@ def check_sequences(root: str, split: str) -> List[str]:
         missing = [p for p in record["video_frames"] if not os.path.isfile(p)]
         if missing:
             problems.append(
-                f"{record['sem_seg_file_name']}: {len(missing)} of {len(record['video_frames'])} snippet frames missing, e.g. {missing[0]}"
+                f"{record['sem_seg_file_name']}: {len(missing)} of "
+                f"{len(record['video_frames'])} snippet frames missing, e.g. {missing[0]}"
             )
     return problems
 
@@ -107,9 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "cityscapes")
-    )
+    parser.add_argument("--root", default=None, help="default: $DETECTRON2_DATASETS/cityscapes")
     parser.add_argument("--splits", nargs="+", default=["val"])
     parser.add_argument(
         "--method", default="auto", choices=["auto", "cityscapesscripts", "builtin"]
@@ -121,12 +125,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--check-sequences", action="store_true", help="report incomplete 30-frame snippets"
     )
     args = parser.parse_args(argv)
+    root = args.root or os.path.join(datasets_root(), "cityscapes")
     problems = []
     for split in args.splits:
-        n = create_train_id_labels(args.root, split, args.method, args.overwrite)
+        n = create_train_id_labels(root, split, args.method, args.overwrite)
         print(f"{split}: wrote {n} *{_TRAIN_IDS} file(s)")
         if args.check_sequences:
-            problems += check_sequences(args.root, split)
+            problems += check_sequences(root, split)
     for p in problems:
         print(f"PROBLEM: {p}")
     return 1 if problems else 0

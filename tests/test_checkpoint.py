@@ -1,4 +1,4 @@
-"""Checkpoint files (issue 5): the project's checkpoints, detectron2 .pkl backbones and
+"""Checkpoint files: the project's checkpoints, detectron2 .pkl backbones and
 open_clip checkpoints load under torch's weights_only default; unreadable files give an
 error naming the file; saves are atomic (a crash mid-save keeps the previous checkpoint)."""
 
@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from detectron2.engine import default_argument_parser
 from torch import nn
 
 from ov2vss.checkpoint import (
@@ -17,7 +16,6 @@ from ov2vss.checkpoint import (
     atomic_torch_save,
     load_checkpoint_file,
 )
-from ov2vss.engine import launch_cli
 
 
 class Net(nn.Module):
@@ -78,7 +76,9 @@ def test_project_checkpoint_round_trip_under_weights_only(tmp_path):
 def test_numpy_in_a_torch_checkpoint_is_allowed(tmp_path):
     """Older detectron2 .pth files store numpy arrays; they load without an unsafe switch."""
     path = str(tmp_path / "np.pth")
-    torch.save({"model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int64(3)}, path)
+    torch.save(
+        {"model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int64(3)}, path
+    )
     data = load_checkpoint_file(path)
     np.testing.assert_array_equal(data["model"]["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
     assert data["step"] == 3
@@ -89,10 +89,18 @@ def test_detectron2_pkl_backbone_loads(tmp_path, protocol):
     """A torchvision-converted .pkl (detectron2 model-zoo format): numpy arrays, names
     without the ``backbone.`` prefix, matched by detectron2's heuristics."""
     src = randomized(Net(), 0)
-    weights = {k[len("backbone."):]: v.numpy() for k, v in src.state_dict().items() if k.startswith("backbone.")}
+    weights = {
+        k[len("backbone.") :]: v.numpy()
+        for k, v in src.state_dict().items()
+        if k.startswith("backbone.")
+    }
     path = tmp_path / "R-tiny.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f, protocol)
+        pickle.dump(
+            {"model": weights, "__author__": "torchvision", "matching_heuristics": True},
+            f,
+            protocol,
+        )
 
     dst = randomized(Net(), 1)
     head_before = dst.head.weight.clone()
@@ -149,7 +157,9 @@ def test_corrupt_or_truncated_checkpoints_name_the_file(tmp_path):
     for path in _corrupt_files(tmp_path):
         with pytest.raises(CheckpointError) as e:
             OV2VSSCheckpointer(Net()).load(path)
-        assert path in str(e.value) and ("corrupt" in str(e.value) or "empty" in str(e.value)), str(e.value)
+        assert path in str(e.value) and ("corrupt" in str(e.value) or "empty" in str(e.value)), str(
+            e.value
+        )
     with pytest.raises(CheckpointError, match="missing.pth does not exist"):
         OV2VSSCheckpointer(Net()).load(str(tmp_path / "missing.pth"))
 
@@ -157,7 +167,9 @@ def test_corrupt_or_truncated_checkpoints_name_the_file(tmp_path):
 def test_checkpoint_with_objects_is_refused(tmp_path):
     path = str(tmp_path / "pickled_model.pth")
     torch.save({"model": Net()}, path)  # a whole pickled module, not a state_dict
-    with pytest.raises(CheckpointError, match=r"pickled_model.pth contains Python objects .*state_dict"):
+    with pytest.raises(
+        CheckpointError, match=r"pickled_model.pth contains Python objects .*state_dict"
+    ):
         load_checkpoint_file(path)
 
 
@@ -230,16 +242,13 @@ def test_open_clip_corrupt_or_unsafe_checkpoint_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------- command line
-def test_eval_only_with_a_corrupt_checkpoint_is_one_line(tmp_path):
-    from test_resume import REPO, train_net  # noqa: F401  (imports train_net from the repo root)
-
+def test_eval_only_with_a_corrupt_checkpoint_is_one_line(tiny_config_file, run_train_net, tmp_path):
     bad = tmp_path / "model_final.pth"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    argv = [
-        "--config-file", os.path.join(REPO, "configs/toy/ov2vss_tiny_cpu.yaml"), "--eval-only",
-        "MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "()",
-    ]
-    with pytest.raises(SystemExit) as e:
-        launch_cli(train_net.main, default_argument_parser().parse_args(argv))
-    msg = str(e.value.code)
-    assert msg.startswith(f"error: checkpoint file {bad} is corrupt") and "\n" not in msg
+    proc = run_train_net(
+        "--config-file", tiny_config_file, "--eval-only",
+        "MODEL.WEIGHTS", bad, "OUTPUT_DIR", tmp_path, "DATASETS.TEST", "()", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    msg = proc.stderr.strip().splitlines()[-1]
+    assert msg.startswith(f"error: checkpoint file {bad} is corrupt"), proc.stderr

@@ -1,6 +1,6 @@
-"""Dataset registration: VSPW layout, Cityscapes video layout, metadata, errors, prepare scripts."""
+"""Dataset registration: VSPW layout, Cityscapes video layout, metadata, errors, label maps,
+prepare scripts (run as subprocesses)."""
 
-import importlib.util
 import json
 import os
 import pickle
@@ -20,9 +20,8 @@ from ov2vss.data.datasets.register_cityscapes_video import (
     register_cityscapes_video,
 )
 from ov2vss.data.datasets.register_vspw import VideoFrameList, load_vspw_split, register_vspw_family
+from ov2vss.data.label_maps import prepare_vspw
 from ov2vss.data.vspw_classes import get_vspw_class_names
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _image(path, height, width, value=0, mode="RGB"):
@@ -50,7 +49,8 @@ def _vspw_tree(root, videos, splits):
 
 
 @pytest.fixture
-def vspw_root(tmp_path):
+def raw_vspw_root(tmp_path):
+    """A VSPW tree as downloaded: raw masks (value 81 everywhere), no label maps yet."""
     videos = {
         "vid_a": (
             24,
@@ -63,6 +63,30 @@ def vspw_root(tmp_path):
     }
     return _vspw_tree(
         tmp_path / "VSPW_480p", videos, {"train": ["vid_a"], "val": ["vid_a", "vid_b"]}
+    )
+
+
+@pytest.fixture
+def vspw_root(raw_vspw_root):
+    """The same tree after the prepare step (label maps written)."""
+    report = prepare_vspw(raw_vspw_root, ["train", "val"], get_vspw_class_names(), 80)
+    assert (
+        not report.problems and report.written == 5 * 3
+    ), report  # vid_a (train+val), vid_b: all 3 spaces
+    return raw_vspw_root
+
+
+def _label_map(root, space, video, stem):
+    return os.path.join(root, "annotations_detectron2", space, video, f"{stem}.png")
+
+
+def _run_script(repo_root, name, *args):
+    return subprocess.run(
+        [sys.executable, os.path.join(repo_root, "datasets", f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
     )
 
 
@@ -86,7 +110,9 @@ def test_vspw_records(vspw_root):
     assert [r["frame_index"] for r in train] == [1, 3]
     a = os.path.join(vspw_root, "data", "vid_a")
     assert train[0]["file_name"] == os.path.join(a, "origin", "00000003.jpg")
-    assert train[0]["sem_seg_file_name"] == os.path.join(a, "mask", "00000003.png")
+    # the raw mask keeps its own key; sem_seg_file_name is the protocol's label map
+    assert train[0]["raw_sem_seg_file_name"] == os.path.join(a, "mask", "00000003.png")
+    assert train[0]["sem_seg_file_name"] == _label_map(vspw_root, "seen", "vid_a", "00000003")
     assert train[1]["video_frames"] == [
         os.path.join(a, "origin", f"0000000{i}.jpg") for i in (0, 3, 6, 9)
     ]
@@ -102,8 +128,23 @@ def test_vspw_records(vspw_root):
         (2, "11.jpg"),
     ]
     assert all((r["height"], r["width"]) == (16, 32) for r in b)
-    # every protocol of a split lists the same records
-    assert DatasetCatalog.get(f"{prefix}_val_unseen") == val
+
+    # every protocol of a split lists the same records, each with its own label maps
+    def without_label_map(records):
+        return [{k: v for k, v in r.items() if k != "sem_seg_file_name"} for r in records]
+
+    unseen = DatasetCatalog.get(f"{prefix}_val_unseen")
+    assert without_label_map(unseen) == without_label_map(val)
+    for protocol, records, value in (("unseen", unseen, 0), ("all", val, 80)):
+        for r in records:
+            stem = os.path.splitext(os.path.basename(r["file_name"]))[0]
+            assert r["sem_seg_file_name"] == _label_map(vspw_root, protocol, r["video_id"], stem)
+            # raw 81 (the first unseen class) in that label space
+            assert (
+                np.asarray(Image.open(r["sem_seg_file_name"])).tolist()
+                == np.full((r["height"], r["width"]), value).tolist()
+            )
+    assert (np.asarray(Image.open(train[0]["sem_seg_file_name"])) == 255).all()  # unseen: 255
 
 
 def test_video_frame_list_pickles_compactly(vspw_root):
@@ -160,7 +201,16 @@ def test_vspw_metadata():
         meta = MetadataCatalog.get(name)
         assert (meta.ignore_label, meta.evaluator_type) == (255, "video_sem_seg")
         assert meta.dataset_root.endswith("VSPW_480p")
-        assert meta.image_root == meta.sem_seg_root == os.path.join(meta.dataset_root, "data")
+        assert meta.image_root == meta.raw_sem_seg_root == os.path.join(meta.dataset_root, "data")
+        # detectron2's convention: sem_seg_root holds the label maps of the protocol's space
+        assert meta.sem_seg_root == os.path.join(
+            meta.dataset_root, "annotations_detectron2", meta.label_space
+        )
+    assert [MetadataCatalog.get(f"vspw_{n}").label_space for n in ("train_seen", "val_seen")] == [
+        "seen",
+        "seen",
+    ]
+    assert MetadataCatalog.get("vspw_test_all").label_space == "all"
 
 
 def test_vspw_missing_root(tmp_path):
@@ -201,13 +251,15 @@ def test_vspw_video_errors(vspw_root):
 
 
 def test_import_registers_without_disk_access(tmp_path):
-    """`import ov2vss` with a non-existent DETECTRON2_DATASETS: every name registered, nothing read there."""
+    """`import ov2vss` with a non-existent DETECTRON2_DATASETS: every name registered, nothing
+    read there."""
     missing = str(tmp_path / "no_datasets")
     code = f"""
 import sys
 touched = []
 def hook(event, args):
-    if event in ("open", "os.listdir", "os.scandir", "os.stat") and args and {missing!r} in str(args[0]):
+    if event in ("open", "os.listdir", "os.scandir", "os.stat") and args and (
+            {missing!r} in str(args[0])):
         touched.append((event, str(args[0])))
 sys.addaudithook(hook)
 import ov2vss
@@ -247,8 +299,10 @@ def _cityscapes_tree(root, gt_names, size=(16, 32)):
 def test_cityscapes_records(tmp_path):
     root = _cityscapes_tree(
         tmp_path / "cityscapes",
-        ["lindau_000001_000019_gtFine_labelTrainIds.png", "frankfurt_000000_000294_gtFine_labelTrainIds.png",
-         "lindau_000000_000005_gtFine_labelTrainIds.png", "lindau_000000_000005_gtFine_labelIds.png"],
+        ["lindau_000001_000019_gtFine_labelTrainIds.png",
+         "frankfurt_000000_000294_gtFine_labelTrainIds.png",
+         "lindau_000000_000005_gtFine_labelTrainIds.png",
+         "lindau_000000_000005_gtFine_labelIds.png"],
     )  # fmt: skip
     name = f"test_cs_{uuid.uuid4().hex[:8]}"
     register_cityscapes_video(name, root, "val")
@@ -306,40 +360,131 @@ def test_cityscapes_errors(tmp_path):
         load_cityscapes_video(root, "val")
 
 
+# ------------------------------------------------------------------ label maps
+
+
+def test_loading_before_the_prepare_step_names_the_command(raw_vspw_root):
+    prefix, _ = _register(raw_vspw_root)
+    with pytest.raises(FileNotFoundError) as e:
+        DatasetCatalog.get(f"{prefix}_val_unseen")
+    message = str(e.value)
+    assert f"python datasets/prepare_vspw.py --root {raw_vspw_root}" in message
+    assert os.path.join(raw_vspw_root, "annotations_detectron2", "unseen") in message
+
+    prepare_vspw(raw_vspw_root, ["train", "val"], get_vspw_class_names(), 80)
+    assert len(DatasetCatalog.get(f"{prefix}_val_unseen")) == 5
+    missing = _label_map(raw_vspw_root, "all", "vid_b", "10")
+    os.remove(missing)  # one label map gone: named, never a fallback to the raw mask
+    with pytest.raises(FileNotFoundError, match="prepare_vspw.py") as e:
+        DatasetCatalog.get(f"{prefix}_val_all")
+    assert missing in str(e.value) and "1 of 3" in str(e.value)
+    assert len(DatasetCatalog.get(f"{prefix}_val_seen")) == 5  # other spaces unaffected
+
+
+def test_toy_without_label_maps_names_the_generator(raw_vspw_root):
+    from ov2vss.data.datasets.register_vspw_toy import register_toy
+
+    try:
+        register_toy(raw_vspw_root)
+        with pytest.raises(FileNotFoundError) as e:
+            DatasetCatalog.get("vspw_toy_val_seen")
+        assert f"python -m ov2vss.data.toy --root {raw_vspw_root}" in str(e.value)
+    finally:
+        register_toy()
+
+
+def test_prepare_vspw_writes_label_maps_once(raw_vspw_root, repo_root):
+    out = _run_script(
+        repo_root,
+        "prepare_vspw",
+        "--root",
+        raw_vspw_root,
+        "--splits",
+        "train",
+        "val",
+        "--workers",
+        "2",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # 5 masks x 3 spaces (vid_a's seen label maps serve train_seen and val_seen)
+    assert "wrote 15, skipped 0" in out.stdout
+    assert "label maps" in out.stderr  # the progress bar
+    spaces = {"seen": [255], "unseen": [0], "all": [80]}  # raw 81 in each space
+    for space, values in spaces.items():
+        for video, stem in (("vid_a", "00000003"), ("vid_a", "00000009"), ("vid_b", "11")):
+            labels = np.asarray(Image.open(_label_map(raw_vspw_root, space, video, stem)))
+            assert labels.dtype == np.uint8 and np.unique(labels).tolist() == values
+    label_dir = os.path.join(raw_vspw_root, "annotations_detectron2")
+    stamps = {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+        for d, _, files in os.walk(label_dir)
+        for f in files
+    }
+    assert len(stamps) == 15  # and no temporary file left behind
+
+    again = _run_script(
+        repo_root, "prepare_vspw", "--root", raw_vspw_root, "--splits", "train", "val"
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "wrote 0, skipped 15 (up to date)" in again.stdout
+    assert stamps == {p: os.stat(p).st_mtime_ns for p in stamps}
+
+
+def test_prepare_vspw_refuses_bad_masks(vspw_root, repo_root):
+    mask_dir = os.path.join(vspw_root, "data", "vid_b", "mask")
+    Image.fromarray(np.full((16, 32), 200, np.uint8)).save(os.path.join(mask_dir, "10.png"))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(mask_dir, "11.png"))
+    with open(os.path.join(mask_dir, "9.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not really a png")
+    out = _run_script(repo_root, "prepare_vspw", "--root", vspw_root, "--workers", "2")
+    assert out.returncode == 1
+    problems = [line for line in out.stdout.splitlines() if line.startswith("PROBLEM")]
+    text = "\n".join(problems)
+    assert len(problems) == 4, out.stdout
+    assert os.path.join(mask_dir, "10.png") + ": values [200] outside 0..124 and 255" in text
+    assert os.path.join(mask_dir, "11.png") + ": size (8, 8) differs" in text
+    assert os.path.join(mask_dir, "9.png") + ": unreadable" in text
+    assert os.path.join(vspw_root, "test.txt") in text  # the default splits include test
+    assert "refused 3 mask(s)" in out.stdout
+    for stem in ("9", "10", "11"):  # nothing for the refused masks, in any space
+        for space in ("seen", "unseen", "all"):
+            assert not os.path.exists(_label_map(vspw_root, space, "vid_b", stem))
+    # the good masks keep their label maps; no temporary file anywhere
+    assert sorted(
+        os.listdir(os.path.join(vspw_root, "annotations_detectron2", "all", "vid_a"))
+    ) == [
+        "00000003.png",
+        "00000009.png",
+    ]
+    assert os.listdir(os.path.join(vspw_root, "annotations_detectron2", "all", "vid_b")) == []
+
+
 # ------------------------------------------------------------------ prepare scripts
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "datasets", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_prepare_cityscapes_builtin(tmp_path):
-    prep = _script("prepare_cityscapes_video")
+def test_prepare_cityscapes_builtin(tmp_path, repo_root):
     gt = tmp_path / "cityscapes" / "gtFine" / "val" / "aachen"
     gt.mkdir(parents=True)
     ids = np.array([[7, 8, 26, 0], [33, 31, 4, 24]], np.uint8)
     Image.fromarray(ids).save(gt / "aachen_000000_000019_gtFine_labelIds.png")
     (tmp_path / "cityscapes" / "leftImg8bit_sequence" / "val" / "aachen").mkdir(parents=True)
-    assert prep.create_train_id_labels(str(tmp_path / "cityscapes"), "val", method="builtin") == 1
+    args = ["--root", str(tmp_path / "cityscapes"), "--splits", "val", "--method", "builtin"]
+    out = _run_script(repo_root, "prepare_cityscapes_video", *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "val: wrote 1 *_gtFine_labelTrainIds.png file(s)" in out.stdout
     out = np.asarray(Image.open(gt / "aachen_000000_000019_gtFine_labelTrainIds.png"))
     assert out.tolist() == [[0, 1, 13, 255], [18, 16, 255, 11]]
-    assert (
-        prep.create_train_id_labels(str(tmp_path / "cityscapes"), "val", method="builtin") == 0
-    )  # already there
-    problems = prep.check_sequences(str(tmp_path / "cityscapes"), "val")
+    again = _run_script(repo_root, "prepare_cityscapes_video", *args, "--check-sequences")
+    assert "val: wrote 0 " in again.stdout  # already there
+    problems = [line for line in again.stdout.splitlines() if line.startswith("PROBLEM")]
     assert len(problems) == 1 and "30 of 30 snippet frames missing" in problems[0]
+    assert again.returncode == 1
 
 
-def test_prepare_vspw_reports_problems(vspw_root, capsys):
-    prep = _script("prepare_vspw")
-    assert (
-        prep.main(["--root", vspw_root, "--splits", "train", "val", "--masks-per-video", "-1"]) == 0
-    )
+def test_prepare_vspw_reports_problems(vspw_root, repo_root):
+    names = get_vspw_class_names()
+    report = prepare_vspw(vspw_root, ["train", "val"], names, 80, write=False, masks_per_video=-1)
+    assert report.problems == [] and report.written == 0
     # a mask value outside 0..124/255, a mask of the wrong size and a missing split file
     Image.fromarray(np.full((16, 32), 200, np.uint8)).save(
         os.path.join(vspw_root, "data", "vid_b", "mask", "10.png")
@@ -347,13 +492,20 @@ def test_prepare_vspw_reports_problems(vspw_root, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(
         os.path.join(vspw_root, "data", "vid_b", "mask", "11.png")
     )
-    problems, summary = prep.check_vspw(vspw_root, ["train", "val", "test"], masks_per_video=-1)
+    report = prepare_vspw(
+        vspw_root, ["train", "val", "test"], names, 80, write=False, masks_per_video=-1
+    )
+    problems, summary = report.problems, report.summary
     text = "\n".join(problems)
     assert len(problems) == 3, text
     assert "10.png: values [200]" in text and "11.png: size (8, 8)" in text and "test.txt" in text
     assert "val: 2 videos, 7 frames, 5 annotated frames" in summary
     with open(os.path.join(vspw_root, "label_num_dic_final.json"), "w") as f:
         json.dump({"others": 0, "wall": 1}, f)
-    assert any("differ" in p for p in prep.check_vspw(vspw_root, ["train"], 0)[0])
-    assert prep.main(["--root", vspw_root, "--splits", "val"]) == 1
-    assert "PROBLEM" in capsys.readouterr().out
+    report = prepare_vspw(vspw_root, ["train"], names, 80, write=False, masks_per_video=0)
+    assert any("differ" in p for p in report.problems)
+    out = _run_script(
+        repo_root, "prepare_vspw", "--root", vspw_root, "--splits", "val", "--check-only"
+    )
+    assert out.returncode == 1
+    assert "PROBLEM" in out.stdout

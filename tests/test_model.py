@@ -4,40 +4,41 @@ Every row of the paper's Table III ablation is a config change; each one must st
 (forward + backward with a gradient on every trainable parameter). The vocabulary at test
 time may differ in size from the training one.
 """
+
 import math
-import os
 from typing import Dict, List, Sequence
 
 import pytest
 import torch
-from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
 import ov2vss  # noqa: F401  (registers the model and the toy dataset names)
-from ov2vss import add_ov2vss_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CONFIG = os.path.join(REPO, "configs", "toy", "ov2vss_tiny_cpu.yaml")
 NUM_TRAIN_CLASSES = 28  # seen classes of vspw_toy_train_seen
 NAMES = ["red circle", "blue star", "green square", "yellow ring", "purple cross", "cyan triangle"]
+# smaller than the demo: dense CLIP features on a 4x4 grid of 8 px patches
+SMALL = ("MODEL.CLIP.INPUT_SIZE", 32, "MODEL.OV2VSS.HIDDEN_DIM", 32)
 
 
-def tiny_cfg(*opts) -> CfgNode:
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_file(TINY_CONFIG)
-    # smaller than the demo: dense CLIP features on a 4x4 grid of 8 px patches
-    cfg.merge_from_list(["MODEL.CLIP.INPUT_SIZE", 32, "MODEL.OV2VSS.HIDDEN_DIM", 32, *opts])
-    return cfg
+@pytest.fixture(scope="module")
+def build(tiny_cfg):
+    """``build(*opts)``: the tiny model with the same weights for the same architecture."""
+
+    def make(*opts) -> nn.Module:
+        torch.manual_seed(0)
+        return build_model(tiny_cfg(*SMALL, *opts))
+
+    return make
 
 
-def build(*opts) -> nn.Module:
-    torch.manual_seed(0)  # same weights for the same architecture
-    return build_model(tiny_cfg(*opts))
-
-
-def make_batch(bsz: int = 2, size=(64, 64), num_frames: int = 4, num_classes: int = NUM_TRAIN_CLASSES, seed: int = 1) -> List[Dict]:
+def make_batch(
+    bsz: int = 2,
+    size=(64, 64),
+    num_frames: int = 4,
+    num_classes: int = NUM_TRAIN_CLASSES,
+    seed: int = 1,
+) -> List[Dict]:
     g = torch.Generator().manual_seed(seed)
     h, w = size
     batch = []
@@ -46,7 +47,9 @@ def make_batch(bsz: int = 2, size=(64, 64), num_frames: int = 4, num_classes: in
         sem_seg[: h // 4] = 255  # some ignored pixels
         batch.append(
             {
-                "frames": torch.randint(0, 256, (num_frames, 3, h, w), generator=g, dtype=torch.uint8),
+                "frames": torch.randint(
+                    0, 256, (num_frames, 3, h, w), generator=g, dtype=torch.uint8
+                ),
                 "random_frame": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
                 "sem_seg": sem_seg,
                 "height": h,
@@ -66,7 +69,11 @@ def wake_zero_init_layers(model: nn.Module) -> None:
 
 
 def assert_every_param_has_grad(module: nn.Module) -> None:
-    dead = [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
+    dead = [
+        n
+        for n, p in module.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))
+    ]
     assert not dead, f"no gradient reaches {dead}"
 
 
@@ -81,12 +88,12 @@ def train_step(model: nn.Module, batch: List[Dict]) -> Dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def eval_model() -> nn.Module:
+def eval_model(build) -> nn.Module:
     return build().eval()
 
 
 # ---------------------------------------------------------------------------------- training
-def test_forward_backward_reaches_every_parameter():
+def test_forward_backward_reaches_every_parameter(build):
     model = build()
     assert len(model.train_class_texts) == NUM_TRAIN_CLASSES
     wake_zero_init_layers(model)
@@ -99,7 +106,14 @@ def test_forward_backward_reaches_every_parameter():
 
 # Table III: key components, fusing strategy, VTE structure (the loss ratio is tested below)
 ABLATIONS = {
-    "baseline": ["MODEL.OV2VSS.STCF.ENABLED", False, "MODEL.OV2VSS.RFE.ENABLED", False, "MODEL.OV2VSS.VTE.ENABLED", False],
+    "baseline": [
+        "MODEL.OV2VSS.STCF.ENABLED",
+        False,
+        "MODEL.OV2VSS.RFE.ENABLED",
+        False,
+        "MODEL.OV2VSS.VTE.ENABLED",
+        False,
+    ],
     "no_stcf": ["MODEL.OV2VSS.STCF.ENABLED", False],
     "no_rfe": ["MODEL.OV2VSS.RFE.ENABLED", False],
     "no_vte": ["MODEL.OV2VSS.VTE.ENABLED", False],
@@ -111,7 +125,7 @@ ABLATIONS = {
 # Every parameter must get a gradient in every row (DDP refuses unused parameters): with STCF
 # and RFE both off, the target's deeper scales still feed O_t.
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_every_ablation_row_trains(name):
+def test_every_ablation_row_trains(name, build):
     opts = ABLATIONS[name]
     model = build(*opts)
     flags = dict(zip(opts[::2], opts[1::2]))
@@ -127,7 +141,7 @@ def test_every_ablation_row_trains(name):
     assert_every_param_has_grad(model)
 
 
-def test_loss_is_alpha_main_plus_beta_aux():
+def test_loss_is_alpha_main_plus_beta_aux(build):
     """Eq. 15 with alpha, beta from the config: the loss terms scale exactly."""
     batch = make_batch()
     ref = build()
@@ -147,7 +161,7 @@ def test_loss_is_alpha_main_plus_beta_aux():
     assert losses["loss_main"].item() == pytest.approx(base["loss_main"], rel=1e-6)
 
 
-def test_labels_outside_the_training_vocabulary_are_an_error():
+def test_labels_outside_the_training_vocabulary_are_an_error(build):
     model = build().train()
     batch = make_batch()
     batch[1]["sem_seg"][-1, -1] = NUM_TRAIN_CLASSES  # one class too many
@@ -155,7 +169,7 @@ def test_labels_outside_the_training_vocabulary_are_an_error():
         model(batch)
 
 
-def test_fully_ignored_batch_gives_zero_loss_and_keeps_the_graph():
+def test_fully_ignored_batch_gives_zero_loss_and_keeps_the_graph(build):
     model = build()
     batch = make_batch()
     for x in batch:
@@ -191,9 +205,9 @@ def test_class_scores_do_not_depend_on_the_rest_of_the_vocabulary(eval_model):
     torch.testing.assert_close(small[0] - small[1], large[5] - large[4], atol=1e-4, rtol=1e-4)
 
 
-def test_vocabulary_from_config_and_bad_vocabularies(eval_model):
+def test_vocabulary_from_config_and_bad_vocabularies(eval_model, tiny_cfg):
     assert len(eval_model.test_class_texts) == 8  # DATASETS.TEST[0] = vspw_toy_val_unseen
-    cfg = tiny_cfg("MODEL.OV2VSS.TEST_VOCABULARY", ["cat", "dog", "sky"])
+    cfg = tiny_cfg(*SMALL, "MODEL.OV2VSS.TEST_VOCABULARY", ["cat", "dog", "sky"])
     from ov2vss import OV2VSS
 
     assert OV2VSS.from_config(cfg)["test_class_texts"] == ["cat", "dog", "sky"]
@@ -203,7 +217,7 @@ def test_vocabulary_from_config_and_bad_vocabularies(eval_model):
         eval_model.set_test_vocabulary(["dog", "cat", "dog"])
 
 
-def test_clips_of_different_sizes_and_frame_counts(eval_model):
+def test_windows_of_different_sizes_and_frame_counts(eval_model):
     batch = make_batch(bsz=1, size=(64, 64)) + make_batch(bsz=1, size=(40, 72))
     with torch.no_grad():
         out = eval_model(batch)
@@ -213,11 +227,16 @@ def test_clips_of_different_sizes_and_frame_counts(eval_model):
         eval_model(bad)
 
 
-def test_config_switches_decide_which_frames_are_used():
+def test_config_switches_decide_which_frames_are_used(build):
     """STCF reads the reference frames, RFE the random frame; switched off, they are ignored.
     (VTE.CLIP_FRAMES "target" so that VTE does not read the references either.)"""
     batch = make_batch(bsz=1)
-    new_refs = [dict(batch[0], frames=torch.cat([make_batch(bsz=1, seed=7)[0]["frames"][:3], batch[0]["frames"][3:]]))]
+    new_refs = [
+        dict(
+            batch[0],
+            frames=torch.cat([make_batch(bsz=1, seed=7)[0]["frames"][:3], batch[0]["frames"][3:]]),
+        )
+    ]
     new_random = [dict(batch[0], random_frame=make_batch(bsz=1, seed=8)[0]["random_frame"])]
 
     def logits(*opts) -> List[torch.Tensor]:
@@ -237,15 +256,25 @@ def test_config_switches_decide_which_frames_are_used():
     assert torch.equal(refs, base) and torch.equal(rand, base)
 
 
-def test_bgr_input_reaches_clip_as_rgb():
+def test_bgr_input_reaches_clip_as_rgb(build):
     """detectron2 convention: INPUT.FORMAT is the frames' channel order, PIXEL_MEAN/STD follow
     it. CLIP must still receive the same RGB pixels."""
     rgb_model = build().eval()
-    mean, std = list(rgb_model.pixel_mean.flatten().tolist()), list(rgb_model.pixel_std.flatten().tolist())
-    bgr_model = build("INPUT.FORMAT", "BGR", "MODEL.PIXEL_MEAN", mean[::-1], "MODEL.PIXEL_STD", std[::-1]).eval()
+    mean, std = list(rgb_model.pixel_mean.flatten().tolist()), list(
+        rgb_model.pixel_std.flatten().tolist()
+    )
+    bgr_model = build(
+        "INPUT.FORMAT", "BGR", "MODEL.PIXEL_MEAN", mean[::-1], "MODEL.PIXEL_STD", std[::-1]
+    ).eval()
     bgr_model.load_state_dict(rgb_model.state_dict())
     batch = make_batch(bsz=1, size=(64, 64))
-    bgr_batch = [dict(batch[0], frames=batch[0]["frames"].flip(1), random_frame=batch[0]["random_frame"].flip(0))]
+    bgr_batch = [
+        dict(
+            batch[0],
+            frames=batch[0]["frames"].flip(1),
+            random_frame=batch[0]["random_frame"].flip(0),
+        )
+    ]
 
     seen = {}
     for name, model in (("rgb", rgb_model), ("bgr", bgr_model)):
@@ -264,7 +293,7 @@ def test_bgr_input_reaches_clip_as_rgb():
     torch.testing.assert_close(seen["rgb"], batch[0]["frames"].float(), atol=1e-3, rtol=0)
 
 
-def test_clip_vit_backbone_model_trains():
+def test_clip_vit_backbone_model_trains(build):
     """The ViT config's path: backbone = a CLIP visual tower (tiny here), CLIP pixel statistics."""
     mean = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
     std = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]

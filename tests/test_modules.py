@@ -4,6 +4,7 @@ Each module is checked for output shapes, for gradients reaching every trainable
 (a parameter without gradient is dead weight and breaks DistributedDataParallel), and for
 the equation it implements, against numbers computed independently here.
 """
+
 import math
 import os
 from typing import Dict, List, Sequence, Tuple
@@ -111,7 +112,9 @@ def test_p2t_depthwise_conv_is_per_channel_residual():
     w = pool.dw_convs[0].weight[:, 0, 1, 1].detach()
     b = pool.dw_convs[0].bias.detach()
     m = x.mean(dim=(2, 3))
-    torch.testing.assert_close(pool(x)[:, 0], manual_layer_norm(m * (1 + w) + b), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        pool(x)[:, 0], manual_layer_norm(m * (1 + w) + b), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_p2t_gradients_and_bad_sizes():
@@ -128,7 +131,9 @@ DIM = 16
 SCALES = [(16, 20), (8, 10), (4, 5)]  # U^1..U^3 sizes of a 64x80 frame at strides 4, 8, 16
 
 
-def make_stcf(fusion: str = "concat", num_scales: int = 3, pool_sizes=(1, 2, 3)) -> SpatialTemporalContextFusion:
+def make_stcf(
+    fusion: str = "concat", num_scales: int = 3, pool_sizes=(1, 2, 3)
+) -> SpatialTemporalContextFusion:
     pools = nn.ModuleList(P2TPooling(DIM, pool_sizes) for _ in range(num_scales))
     return SpatialTemporalContextFusion(DIM, pools, fusion)
 
@@ -180,7 +185,9 @@ def test_stcf_single_scale_equals_eqs_3_4_6():
         attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(DIM), dim=-1)
         expected = manual_layer_norm(u1.flatten(2).transpose(1, 2) + attn @ v)
         expected = expected * stcf.norm.weight + stcf.norm.bias
-    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(u1.shape), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, expected.transpose(1, 2).reshape(u1.shape), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_stcf_cross_scale_aggregation_equals_eq_5():
@@ -203,7 +210,9 @@ def test_stcf_cross_scale_aggregation_equals_eq_5():
         o_t = b1.flatten(2).transpose(1, 2) @ values[0]
         own = feats[1][0].flatten(2).transpose(1, 2)
         expected = stcf.norm(stcf.fuse(torch.cat([own, o_t], dim=-1)))
-    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(out.shape), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, expected.transpose(1, 2).reshape(out.shape), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_stcf_fusion_is_gradual_over_every_frame():
@@ -265,7 +274,9 @@ def test_rfe_cross_attention_equals_eq_10_for_identical_regions():
         w_v, b_v = rfe.attn.in_proj_weight[2 * DIM :], rfe.attn.in_proj_bias[2 * DIM :]
         ctx = (r @ w_v.T + b_v) @ rfe.attn.out_proj.weight.T + rfe.attn.out_proj.bias  # [2, 1, DIM]
         expected = rfe.norm(o_t.flatten(2).transpose(1, 2) + ctx)
-    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(o_t.shape), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, expected.transpose(1, 2).reshape(o_t.shape), atol=1e-5, rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------- VTE
@@ -323,7 +334,9 @@ def test_cosine_cost_volume_equals_explicit_cosine():
 
 # ---------------------------------------------------------------------------------- heads
 def make_head(temporal_dim: int = 24) -> OpenVocabularyHead:
-    return OpenVocabularyHead(pos_in_channels=10, temporal_dim=temporal_dim, cost_dim=8, pos_dim=6, decoder_dim=12)
+    return OpenVocabularyHead(
+        pos_in_channels=10, temporal_dim=temporal_dim, cost_dim=8, pos_dim=6, decoder_dim=12
+    )
 
 
 @pytest.mark.parametrize("num_classes", [1, 3, 40])
@@ -344,11 +357,13 @@ def test_head_scores_each_class_independently():
     with torch.no_grad():
         full = head(cost, u1, o_hat, (12, 16))
         for idx in ([0, 1, 2], [39], [5, 17]):
-            torch.testing.assert_close(head(cost[:, idx], u1, o_hat, (12, 16)), full[:, idx], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                head(cost[:, idx], u1, o_hat, (12, 16)), full[:, idx], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_head_never_builds_the_joined_class_pixel_tensor():
-    """SPEC cost note: the O^_t part of the first decoder layer is computed once per pixel, so
+    """README "Design decisions" (head cost): the O^_t part of the first decoder layer is computed once per pixel, so
     no tensor holds N x (C' + C) values per pixel (here C = 96 temporal channels)."""
     head = make_head(temporal_dim=96).eval()
     n, h, w = 30, 12, 16
@@ -373,8 +388,12 @@ def test_aux_head_shapes_bounds_and_gradients(num_classes):
 
 
 # ---------------------------------------------------------------------------------- CLIP adapter
-def make_adapter(finetune: str = "none", templates: Sequence[str] = ("a photo of a {}.",), input_size: int = 32) -> CLIPAdapter:
-    return CLIPAdapter(fresh_tiny_clip(), TINY_CLIP, templates, finetune=finetune, input_size=input_size)
+def make_adapter(
+    finetune: str = "none", templates: Sequence[str] = ("a photo of a {}.",), input_size: int = 32
+) -> CLIPAdapter:
+    return CLIPAdapter(
+        fresh_tiny_clip(), TINY_CLIP, templates, finetune=finetune, input_size=input_size
+    )
 
 
 class CallCounter:
@@ -397,7 +416,9 @@ def test_clip_text_embeddings_are_lazy_and_cached_per_vocabulary():
     a = adapter.encode_vocabulary(["red circle", "blue star"])
     assert a.shape == (2, 64)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(2))
-    torch.testing.assert_close(adapter.encode_vocabulary(["red circle", "blue star"]), a, atol=0, rtol=0)
+    torch.testing.assert_close(
+        adapter.encode_vocabulary(["red circle", "blue star"]), a, atol=0, rtol=0
+    )
     assert counter.calls == 1
     b = adapter.encode_vocabulary(["blue star"])
     assert counter.calls == 2
@@ -435,8 +456,12 @@ def test_clip_embeddings_average_over_templates(monkeypatch):
     tokenizer = open_clip.get_tokenizer(TINY_CLIP)
     with torch.no_grad():
         for i, name in enumerate(["red circle", "green star"]):
-            per_template = F.normalize(adapter.model.encode_text(tokenizer([t.format(name) for t in templates])), dim=-1)
-            torch.testing.assert_close(emb[i], F.normalize(per_template.mean(0), dim=0), atol=1e-5, rtol=1e-5)
+            per_template = F.normalize(
+                adapter.model.encode_text(tokenizer([t.format(name) for t in templates])), dim=-1
+            )
+            torch.testing.assert_close(
+                emb[i], F.normalize(per_template.mean(0), dim=0), atol=1e-5, rtol=1e-5
+            )
     single = make_adapter(templates=templates[:1])
     single.model.load_state_dict(adapter.model.state_dict())
     assert (single.eval().encode_vocabulary(["red circle"])[0] - emb[0]).abs().max() > 1e-4
@@ -483,7 +508,9 @@ def test_clip_finetune_modes_select_parameters():
     assert trainable("image") == [n for n in names if n.startswith("visual.")]
     attention = trainable("attention")
     assert attention and all(".attn." in n for n in attention)
-    assert any(n.startswith("visual.") for n in attention) and any(n.startswith("transformer.") for n in attention)
+    assert any(n.startswith("visual.") for n in attention) and any(
+        n.startswith("transformer.") for n in attention
+    )
     # "full" trains everything OV2VSS uses; CLIP's own contrastive logit scale is never used
     assert trainable("full") == [n for n in names if n != "logit_scale"]
     with pytest.raises(ValueError, match="FINETUNE"):
@@ -519,10 +546,15 @@ def test_clip_local_checkpoint_file_is_loaded(tmp_path):
 
 # ---------------------------------------------------------------------------------- ViT backbone
 def test_clip_vit_backbone_shapes_strides_and_gradients():
-    backbone = CLIPViTBackbone(fresh_tiny_clip().visual, out_layers=[1, 2], out_strides=[4, 16], out_channels=12)
+    backbone = CLIPViTBackbone(
+        fresh_tiny_clip().visual, out_layers=[1, 2], out_strides=[4, 16], out_channels=12
+    )
     assert backbone.size_divisibility == 16
     spec = backbone.output_shape()
-    assert {k: (v.channels, v.stride) for k, v in spec.items()} == {"res2": (12, 4), "res3": (12, 16)}
+    assert {k: (v.channels, v.stride) for k, v in spec.items()} == {
+        "res2": (12, 4),
+        "res3": (12, 16),
+    }
     outs = backbone(torch.randn(2, 3, 64, 96))
     assert outs["res2"].shape == (2, 12, 16, 24) and outs["res3"].shape == (2, 12, 4, 6)
     sum(o.pow(2).sum() for o in outs.values()).backward()
@@ -533,7 +565,9 @@ def test_clip_vit_backbone_shapes_strides_and_gradients():
 
 
 def test_clip_vit_backbone_freezes_blocks_after_the_last_output():
-    backbone = CLIPViTBackbone(fresh_tiny_clip().visual, out_layers=[1], out_strides=[8], out_channels=8)
+    backbone = CLIPViTBackbone(
+        fresh_tiny_clip().visual, out_layers=[1], out_strides=[8], out_channels=8
+    )
     assert not any(p.requires_grad for p in backbone.visual.transformer.resblocks[1].parameters())
     backbone(torch.randn(1, 3, 32, 40))["res2"].sum().backward()
     assert_every_param_has_grad(backbone)
@@ -541,9 +575,13 @@ def test_clip_vit_backbone_freezes_blocks_after_the_last_output():
 
 def test_clip_vit_backbone_rejects_bad_layers():
     with pytest.raises(ValueError, match="OUT_LAYERS"):
-        CLIPViTBackbone(fresh_tiny_clip().visual, out_layers=[1, 3], out_strides=[4, 8], out_channels=8)
+        CLIPViTBackbone(
+            fresh_tiny_clip().visual, out_layers=[1, 3], out_strides=[4, 8], out_channels=8
+        )
     with pytest.raises(ValueError, match="differ in length"):
-        CLIPViTBackbone(fresh_tiny_clip().visual, out_layers=[1, 2], out_strides=[4], out_channels=8)
+        CLIPViTBackbone(
+            fresh_tiny_clip().visual, out_layers=[1, 2], out_strides=[4], out_channels=8
+        )
 
 
 def test_vit_patch_tokens_follow_the_requested_layer_order():
@@ -552,5 +590,9 @@ def test_vit_patch_tokens_follow_the_requested_layer_order():
     last, first = vit_patch_tokens(visual, x, [2]), vit_patch_tokens(visual, x, [1])
     tokens = vit_patch_tokens(visual, x, [2, 1, 1])
     assert len(tokens) == 3 and tokens[0].shape == (1, 4 * 6, 64)
-    assert torch.equal(tokens[0], last[0]) and torch.equal(tokens[1], first[0]) and torch.equal(tokens[2], first[0])
+    assert (
+        torch.equal(tokens[0], last[0])
+        and torch.equal(tokens[1], first[0])
+        and torch.equal(tokens[2], first[0])
+    )
     assert not torch.equal(first[0], last[0])

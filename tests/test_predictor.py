@@ -1,33 +1,32 @@
-"""VideoPredictor (streaming inference) against clip-by-clip inference (mapper + forward)."""
+"""VideoPredictor (streaming inference) against window-by-window inference (mapper + forward)."""
 
 import os
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from PIL import Image
 
-from ov2vss import VideoSemSegDatasetMapper, add_ov2vss_config
+from ov2vss import VideoSemSegDatasetMapper
+from ov2vss.checkpoint import CheckpointError
 from ov2vss.predictor import FrameSizeError, VideoPredictor, load_model_weights
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "toy", "ov2vss_tiny_cpu.yaml")
 VOCAB = ["red circle", "blue star", "green square", "yellow cross"]
 NUM_FRAMES = 20
 
 
-def tiny_cfg(*opts):
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    # frames are 64x96; the test size 48 makes both paths resize (and upsample the output)
-    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", 48, "MODEL.OV2VSS.TEST_VOCABULARY", VOCAB, *opts])
-    return cfg
+@pytest.fixture(scope="module")
+def cfg_of(tiny_cfg):
+    """``cfg_of(*opts)``: the tiny config for 64x96 frames; the test size 48 makes both paths
+    resize (and upsample the output)."""
+    return lambda *opts: tiny_cfg(
+        "INPUT.MIN_SIZE_TEST", 48, "MODEL.OV2VSS.TEST_VOCABULARY", VOCAB, *opts
+    )
 
 
 def make_video(num_frames, seed=0):
-    """A moving textured scene: consecutive frames differ, so every clip member matters."""
+    """A moving textured scene: consecutive frames differ, so every window member matters."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (64, 160, 3), dtype=np.uint8)
     frames = []
@@ -47,17 +46,26 @@ def write_frames(frames, folder):
     return paths
 
 
-def clip_inputs(cfg, paths):
+def window_inputs(cfg, paths):
     """What the test loader feeds the model: the inference mapper built from the config."""
     mapper = VideoSemSegDatasetMapper(cfg, False, dataset_name="vspw_toy_val_all")
     h, w = np.asarray(Image.open(paths[0])).shape[:2]
     return [
-        mapper({"file_name": p, "video_frames": paths, "frame_index": i, "height": h, "width": w, "video_id": "v"})
+        mapper(
+            {
+                "file_name": p,
+                "video_frames": paths,
+                "frame_index": i,
+                "height": h,
+                "width": w,
+                "video_id": "v",
+            }
+        )
         for i, p in enumerate(paths)
     ]
 
 
-def clip_by_clip(model, inputs):
+def window_by_window(model, inputs):
     with torch.no_grad():
         return [model([x])[0]["sem_seg"] for x in inputs]
 
@@ -72,13 +80,13 @@ def build(cfg):
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    cfg = tiny_cfg()
+def video(tmp_path_factory, cfg_of):
+    cfg = cfg_of()
     model = build(cfg)
     frames = make_video(NUM_FRAMES)
     paths = write_frames(frames, str(tmp_path_factory.mktemp("video")))
-    inputs = clip_inputs(cfg, paths)
-    return cfg, model, frames, inputs, clip_by_clip(model, inputs)
+    inputs = window_inputs(cfg, paths)
+    return cfg, model, frames, inputs, window_by_window(model, inputs)
 
 
 def count_backbone_batches(model):
@@ -93,7 +101,7 @@ def count_backbone_batches(model):
     return batches
 
 
-def test_streaming_equals_clip_by_clip_and_encodes_each_frame_once(video):
+def test_streaming_equals_window_by_window_and_encodes_each_frame_once(video):
     cfg, model, frames, _, expected = video
     predictor = VideoPredictor(cfg, model=model)
     batches = count_backbone_batches(model)
@@ -112,7 +120,7 @@ def test_streaming_equals_clip_by_clip_and_encodes_each_frame_once(video):
     # one backbone pass per frame (the last one up front, as the random frame)
     assert batches == [1] * NUM_FRAMES
     # the cache holds the reach of the offsets (9 frames) plus the pinned last frame at most
-    assert max(cache_sizes) <= max(cfg.INPUT.CLIP.REFERENCE_OFFSETS) + 1
+    assert max(cache_sizes) <= max(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS) + 1
     assert cache_sizes[-1] == 0
     # the predictions are not constant: the comparison above is meaningful
     assert (expected[0] - expected[-1]).abs().max() > 1e-3
@@ -121,7 +129,9 @@ def test_streaming_equals_clip_by_clip_and_encodes_each_frame_once(video):
 def test_iterator_with_known_length_matches_sequence(video):
     cfg, model, frames, _, expected = video
     predictor = VideoPredictor(cfg, model=model)
-    outs = [o["sem_seg"] for o in predictor.run(iter(frames[:12]), num_frames=12, last_frame=frames[11])]
+    outs = [
+        o["sem_seg"] for o in predictor.run(iter(frames[:12]), num_frames=12, last_frame=frames[11])
+    ]
     seq = [o["sem_seg"] for o in predictor.run(frames[:12])]
     assert len(outs) == 12
     for a, b in zip(outs, seq):
@@ -139,10 +149,10 @@ def test_live_stream_uses_frame_zero_as_random_frame(video):
     cfg, model, frames, inputs, expected = video
     predictor = VideoPredictor(cfg, model=model)
     stream = [o["sem_seg"] for o in predictor.run(iter(frames))]  # length unknown
-    # reference: clip-by-clip inference with the random frame replaced by frame 0
+    # reference: window-by-window inference with the random frame replaced by frame 0
     frame0 = inputs[0]["frames"][-1]
     as_stream = [dict(x, random_frame=frame0) for x in inputs]
-    reference = clip_by_clip(model, as_stream)
+    reference = window_by_window(model, as_stream)
     for t in range(NUM_FRAMES):
         torch.testing.assert_close(stream[t], reference[t], atol=2e-6, rtol=0, msg=f"frame {t}")
     # the first half differs from the known-length result (its random frame is the last one),
@@ -153,18 +163,18 @@ def test_live_stream_uses_frame_zero_as_random_frame(video):
         torch.testing.assert_close(stream[t], expected[t], atol=2e-6, rtol=0)
 
 
-def test_streaming_equals_clip_by_clip_other_clip_layouts(tmp_path):
+def test_streaming_equals_window_by_window_other_window_layouts(tmp_path, cfg_of):
     """STCF off, VTE on the target only, no random frame, other offsets: the cache rules
     follow the model's needs."""
-    cfg = tiny_cfg(
-        "INPUT.CLIP.REFERENCE_OFFSETS", [4, 2],
-        "INPUT.CLIP.RANDOM_FRAME", False,
+    cfg = cfg_of(
+        "INPUT.TEMPORAL.REFERENCE_OFFSETS", [4, 2],
+        "INPUT.TEMPORAL.RANDOM_FRAME", False,
         "MODEL.OV2VSS.STCF.ENABLED", False,
         "MODEL.OV2VSS.VTE.CLIP_FRAMES", "target",
     )  # fmt: skip
     model = build(cfg)
     frames = make_video(7, seed=1)
-    expected = clip_by_clip(model, clip_inputs(cfg, write_frames(frames, str(tmp_path))))
+    expected = window_by_window(model, window_inputs(cfg, write_frames(frames, str(tmp_path))))
     predictor = VideoPredictor(cfg, model=model)
     batches = count_backbone_batches(model)
     try:
@@ -181,36 +191,57 @@ def test_streaming_equals_clip_by_clip_other_clip_layouts(tmp_path):
     assert predictor.cached_frames == []
 
 
+def test_random_frame_follows_the_mapper_rule(video):
+    from ov2vss.data.frame_sampling import farthest_frame
+
+    cfg, model, frames, _, _ = video
+    predictor = VideoPredictor(cfg, model=model)
+    predictor.reset(NUM_FRAMES, frames[-1])
+    assert [predictor.random_frame_index(t) for t in range(NUM_FRAMES)] == [
+        farthest_frame(t, NUM_FRAMES) for t in range(NUM_FRAMES)
+    ]
+    predictor.reset(None)  # live stream: the farthest frame seen so far
+    assert [predictor.random_frame_index(t) for t in range(NUM_FRAMES)] == [0] * NUM_FRAMES
+
+
 def test_frame_size_change_is_reported(video):
     cfg, model, frames, _, _ = video
     predictor = VideoPredictor(cfg, model=model)
     predictor.reset(None)
     predictor.push(frames[0])
-    with pytest.raises(FrameSizeError, match=r"frame 1 has size 80x64 \(WxH\) but frame 0 has size 96x64"):
+    with pytest.raises(
+        FrameSizeError, match=r"frame 1 has size 80x64 \(WxH\) but frame 0 has size 96x64"
+    ):
         predictor.push(np.zeros((64, 80, 3), np.uint8))
     with pytest.raises(ValueError, match="HxWx3"):
         VideoPredictor(cfg, model=model).push(np.zeros((64, 80), np.uint8))
 
 
-def test_weights_loading(video, tmp_path):
+def test_weights_loading(video, tmp_path, cfg_of):
     cfg, model, frames, _, expected = video
-    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS: checkpoint file .*missing.pth does not exist"):
-        load_model_weights(model, tiny_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
-    message = load_model_weights(model, tiny_cfg())
+    with pytest.raises(
+        FileNotFoundError, match="MODEL.WEIGHTS: checkpoint file .*missing.pth does not exist"
+    ):
+        load_model_weights(model, cfg_of("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
+    message = load_model_weights(model, cfg_of())
     assert "randomly initialised" in message and "CLIP included" in message
     # a checkpoint of the model, loaded into a fresh one by VideoPredictor(cfg), predicts the same
     path = tmp_path / "model.pth"
     torch.save({"model": model.state_dict()}, path)
     torch.manual_seed(123)
-    predictor = VideoPredictor(tiny_cfg("MODEL.WEIGHTS", str(path)))
+    predictor = VideoPredictor(cfg_of("MODEL.WEIGHTS", str(path)))
     assert predictor.weights_warning is None
-    # a backbone-only checkpoint (e.g. ImageNet weights) leaves the OV2VSS modules random
+    # a backbone-only checkpoint (e.g. ImageNet weights) would leave the OV2VSS modules random:
+    # inference refuses it, naming the file and what it lacks
     partial = tmp_path / "backbone.pth"
-    torch.save({"model": {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}}, partial)
-    message = load_model_weights(model, tiny_cfg("MODEL.WEIGHTS", str(partial)))
-    assert f"MODEL.WEIGHTS {partial} has no weights for" in message
-    assert all(f"'{m}'" in message for m in ("head", "stcf", "rfe", "vte", "clip"))
-    assert "'backbone'" not in message
+    torch.save(
+        {"model": {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}},
+        partial,
+    )
+    n = sum(not k.startswith("backbone.") for k in model.state_dict())
+    pattern = rf"{partial} does not match the model: {n} tensors differ: {n} missing from the file"
+    with pytest.raises(CheckpointError, match=pattern):
+        load_model_weights(model, cfg_of("MODEL.WEIGHTS", str(partial)))
     out = [o["sem_seg"] for o in predictor.run(frames[:3])]
     ref = [o["sem_seg"] for o in VideoPredictor(cfg, model=model).run(frames[:3])]
     for a, b in zip(out, ref):

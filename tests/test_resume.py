@@ -1,4 +1,4 @@
-"""Reliability of CPU training (issue 5): a run killed mid-way and restarted with --resume
+"""Reliability of CPU training: a run killed mid-way and restarted with --resume
 ends with exactly the weights of an uninterrupted run; SEED makes runs repeatable; another
 SOLVER.MAX_ITER on resume does not break the schedule; SOLVER.AMP works on CPU (bf16).
 
@@ -7,41 +7,30 @@ tests through module fixtures."""
 
 import os
 import shutil
-import sys
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import AMPTrainer, HookBase, default_argument_parser
 
-from ov2vss.config import add_ov2vss_config
-from ov2vss.data.toy import generate_toy_dataset
-from ov2vss.engine import CPUAutocastTrainer, ResumableTrainLoader, SetupError, build_step_trainer
+from ov2vss.config import get_ov2vss_cfg
+from ov2vss.data.build import ResumableTrainLoader
+from ov2vss.engine import CPUAutocastTrainer, SetupError, Trainer, build_step_trainer, setup
 from ov2vss.solver import build_lr_scheduler
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # train_net.py by module name: spawned processes unpickle train_net.main
-    sys.path.append(REPO)
-import train_net  # noqa: E402
-
-# the smallest toy data the generator accepts (3 val videos show all unseen classes)
-TOY = dict(num_train_videos=3, num_val_videos=3, frames_per_video=(4, 5), image_size=(48, 64))
 MAX_ITER, PERIOD, CRASH_AT = 5, 3, 4
 
 
-def tiny_opts(toy_root, output_dir, *extra):
-    """Command-line overrides of the tiny CPU config for tests: 48x64 clips, batch 2."""
-    return [
-        "DATASETS.TOY.ROOT", toy_root, "OUTPUT_DIR", output_dir,
-        "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(48, 56)", "INPUT.MIN_SIZE_TEST", "48",
-        "INPUT.CROP.SIZE", "(48, 64)", "MODEL.CLIP.INPUT_SIZE", "32", "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.COLOR_AUG_SSD", "True", "SOLVER.WARMUP_ITERS", "2", *extra,
-    ]
+@pytest.fixture(scope="module")
+def parse_args(tiny_config_file, tiny_train_opts):
+    """``parse_args(toy_root, output_dir, *extra, flags=())``: train_net.py's arguments for the
+    tiny config (photometric augmentation on, so resuming must reproduce its draws too)."""
 
+    def parse(toy_root, output_dir, *extra, flags=()):
+        argv = ["--config-file", tiny_config_file, *flags]
+        opts = tiny_train_opts(toy_root, output_dir, "INPUT.COLOR_AUG_SSD", "True", *extra)
+        return default_argument_parser().parse_args(argv + opts)
 
-def parse_args(toy_root, output_dir, *extra, flags=()):
-    argv = ["--config-file", os.path.join(REPO, "configs/toy/ov2vss_tiny_cpu.yaml"), *flags]
-    return default_argument_parser().parse_args(argv + tiny_opts(toy_root, output_dir, *extra))
+    return parse
 
 
 class _Crash(Exception):
@@ -67,25 +56,40 @@ class _LossLog(HookBase):
         self.losses[self.trainer.iter] = self.trainer.storage.history("total_loss").latest()
 
 
-def train(toy_root, output_dir, max_iter=MAX_ITER, resume=False, crash_at=None,
-          workers=0, extra=(), hooks=()):
-    """Train as `train_net.py [--resume]` does; returns (trainer, {iteration: loss})."""
-    args = parse_args(
-        toy_root, output_dir,
-        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD), "SEED", "0",
-        "DATALOADER.NUM_WORKERS", str(workers), "DATASETS.TEST", "()", *extra,
-        flags=["--resume"] if resume else [],
-    )
-    trainer = train_net.Trainer(train_net.setup(args))
-    log = _LossLog()
-    trainer.register_hooks([log, *hooks] + ([_CrashBefore(crash_at)] if crash_at is not None else []))
-    trainer.resume_or_load(resume=resume)
-    if crash_at is None:
-        trainer.train()
-    else:
-        with pytest.raises(_Crash):
+@pytest.fixture(scope="module")
+def train(parse_args):
+    """``train(toy_root, output_dir, max_iter, resume, crash_at, workers, extra, hooks)``:
+    train as `train_net.py [--resume]` does; returns (trainer, {iteration: loss})."""
+
+    def run(
+        toy_root,
+        output_dir,
+        max_iter=MAX_ITER,
+        resume=False,
+        crash_at=None,
+        workers=0,
+        extra=(),
+        hooks=(),
+    ):
+        args = parse_args(
+            toy_root, output_dir,
+            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD), "SEED", "0",
+            "DATALOADER.NUM_WORKERS", str(workers), "DATASETS.TEST", "()", *extra,
+            flags=["--resume"] if resume else [],
+        )  # fmt: skip
+        trainer = Trainer(setup(args))
+        log = _LossLog()
+        crash = [_CrashBefore(crash_at)] if crash_at is not None else []
+        trainer.register_hooks([log, *hooks] + crash)
+        trainer.resume_or_load(resume=resume)
+        if crash_at is None:
             trainer.train()
-    return trainer, log.losses
+        else:
+            with pytest.raises(_Crash):
+                trainer.train()
+        return trainer, log.losses
+
+    return run
 
 
 def weights(trainer):
@@ -99,17 +103,7 @@ def assert_same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy_resume") / "VSPW_toy")
-    generate_toy_dataset(root, seed=0, **TOY)
-    yield root
-    from ov2vss.data.datasets.register_vspw_toy import register_toy
-
-    register_toy()  # the toy names back on the default root for other tests
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(toy_root, tmp_path_factory):
+def uninterrupted(train, toy_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("full"))
     trainer, losses = train(toy_root, out)
     assert trainer.iter == MAX_ITER and sorted(losses) == list(range(MAX_ITER))
@@ -117,7 +111,7 @@ def uninterrupted(toy_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed(toy_root, tmp_path_factory):
+def killed(train, toy_root, tmp_path_factory):
     """A run killed during iteration 4: iterations 0-3 ran, the last checkpoint is after 2."""
     out = str(tmp_path_factory.mktemp("killed") / "run")
     _, losses = train(toy_root, out, crash_at=CRASH_AT)
@@ -144,13 +138,13 @@ def test_seed_makes_training_repeatable(uninterrupted, killed):
     assert any(not torch.equal(a["model"][k], ref_weights[k]) for k in ref_weights)
 
 
-def test_seed_selects_the_data(toy_root, tmp_path):
+def test_seed_selects_the_data(parse_args, toy_root, tmp_path):
     """Another SEED draws another data order and other augmentations."""
     from detectron2.data import DatasetCatalog
 
     from ov2vss.data import VideoSemSegDatasetMapper
 
-    cfg = train_net.setup(parse_args(toy_root, str(tmp_path)))
+    cfg = setup(parse_args(toy_root, str(tmp_path)))
     dicts = DatasetCatalog.get("vspw_toy_train_seen")
     mapper = VideoSemSegDatasetMapper(cfg, True)
 
@@ -159,11 +153,13 @@ def test_seed_selects_the_data(toy_root, tmp_path):
 
     a, b, c = first_batch(0), first_batch(0), first_batch(1)
     assert all(torch.equal(x["frames"], y["frames"]) for x, y in zip(a, b))
-    assert any(x["frames"].shape != y["frames"].shape or not torch.equal(x["frames"], y["frames"])
-               for x, y in zip(a, c))
+    assert any(
+        x["frames"].shape != y["frames"].shape or not torch.equal(x["frames"], y["frames"])
+        for x, y in zip(a, c)
+    )
 
 
-def test_killed_run_resumes_to_the_same_weights(uninterrupted, killed, tmp_path, toy_root):
+def test_killed_run_resumes_to_the_same_weights(train, uninterrupted, killed, tmp_path, toy_root):
     ref_weights, ref_losses, _ = uninterrupted
     out = copy_run(killed[0], tmp_path)
     trainer, losses = train(toy_root, out, resume=True)
@@ -171,21 +167,26 @@ def test_killed_run_resumes_to_the_same_weights(uninterrupted, killed, tmp_path,
     # iteration 3 is recomputed from the checkpoint and sees the same batch as before
     assert losses == {i: ref_losses[i] for i in (3, 4)}
     assert_same_weights(weights(trainer), ref_weights)
-    ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)  # torch's safe default
+    ckpt = torch.load(
+        os.path.join(out, "model_final.pth"), weights_only=True
+    )  # torch's safe default
     assert ckpt["iteration"] == MAX_ITER - 1
     assert ckpt["trainer"]["data"] == {"seed": 0, "samples_seen": 2 * MAX_ITER}
 
 
-def test_resume_with_loader_workers(uninterrupted, killed, tmp_path, toy_root):
+def test_resume_with_loader_workers(train, uninterrupted, killed, tmp_path, toy_root):
     """The data stream does not depend on the number of loader processes: the run killed
     with 0 workers, resumed with 2, still ends with the uninterrupted run's weights."""
     out = copy_run(killed[0], tmp_path)
     trainer, _ = train(toy_root, out, resume=True, workers=2)
-    assert isinstance(trainer.data_loader, ResumableTrainLoader) and trainer.data_loader.num_workers == 2
+    assert (
+        isinstance(trainer.data_loader, ResumableTrainLoader)
+        and trainer.data_loader.num_workers == 2
+    )
     assert_same_weights(weights(trainer), uninterrupted[0])
 
 
-def test_resume_with_a_smaller_max_iter(killed, tmp_path, toy_root):
+def test_resume_with_a_smaller_max_iter(train, killed, tmp_path, toy_root):
     """MAX_ITER below the checkpoint's iteration: nothing left to train, no scheduler error."""
     out = copy_run(killed[0], tmp_path)
     saved = torch.load(os.path.join(out, "model_0000002.pth"), weights_only=True)["model"]
@@ -194,13 +195,13 @@ def test_resume_with_a_smaller_max_iter(killed, tmp_path, toy_root):
     assert_same_weights({k: v for k, v in weights(trainer).items() if k in saved}, saved)
 
 
-def test_resume_with_another_max_iter_follows_the_new_schedule(killed, tmp_path, toy_root):
+def test_resume_with_another_max_iter_follows_the_new_schedule(train, killed, tmp_path, toy_root):
     """The resumed iterations use the new poly schedule from their first step on (not the
     learning rate the checkpoint's optimizer holds from the old one)."""
     out = copy_run(killed[0], tmp_path)
     trainer, losses = train(toy_root, out, max_iter=MAX_ITER - 1, resume=True)
     assert sorted(losses) == [3]
-    (lr, it), = trainer.storage.history("lr").values()
+    ((lr, it),) = trainer.storage.history("lr").values()
     # the tiny config's BASE_LR, power 0.9, warm-up over; the old schedule gave (1 - 3/5)^0.9
     base_lr = trainer.cfg.SOLVER.BASE_LR
     assert it == 3 and lr == pytest.approx(base_lr * (1 - 3 / (MAX_ITER - 1)) ** 0.9, rel=1e-6)
@@ -209,12 +210,10 @@ def test_resume_with_another_max_iter_follows_the_new_schedule(killed, tmp_path,
 def test_scheduler_past_its_end_holds_the_last_value():
     """A schedule rebuilt with MAX_ITER below the checkpoint's iteration is evaluated past its
     end when stepped; it keeps the final learning rate instead of failing."""
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_list([
+    cfg = get_ov2vss_cfg(opts=[
         "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.MAX_ITER", "10", "SOLVER.WARMUP_ITERS", "2",
         "SOLVER.BASE_LR", "0.1", "SOLVER.POLY_LR_CONSTANT_ENDING", "0.01",
-    ])
+    ])  # fmt: skip
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     sched = build_lr_scheduler(cfg, opt)
     sched.load_state_dict({"base_lrs": [0.1], "last_epoch": 25})  # a checkpoint 2.5x past MAX_ITER
@@ -234,20 +233,21 @@ class _DtypeProbe(HookBase):
         backbone.register_forward_hook(lambda m, i, out: self.dtypes.add(out["res5"].dtype))
 
 
-def test_amp_on_cpu_trains_with_bfloat16_autocast(toy_root, tmp_path):
+def test_amp_on_cpu_trains_with_bfloat16_autocast(train, toy_root, tmp_path):
     probe = _DtypeProbe()
     amp = ("SOLVER.AMP.ENABLED", "True")
     trainer, losses = train(toy_root, str(tmp_path), max_iter=2, extra=amp, hooks=[probe])
     assert isinstance(trainer._trainer, CPUAutocastTrainer)
     assert probe.dtypes == {torch.bfloat16}  # the forward ran under CPU autocast ...
-    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # ... weights stay fp32
+    assert all(
+        p.dtype == torch.float32 for p in trainer.model.parameters()
+    )  # ... weights stay fp32
     assert sorted(losses) == [0, 1] and all(0 < v < 100 for v in losses.values())
 
 
 def test_amp_trainer_by_device():
     """fp16 AMP (detectron2's AMPTrainer, CUDA) on GPU; a clear error where neither applies."""
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
+    cfg = get_ov2vss_cfg()
     cfg.SOLVER.AMP.ENABLED = True
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

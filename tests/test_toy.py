@@ -108,6 +108,13 @@ def test_registration(registered_toy, toy_root):
         160,
     )
     assert val[3]["frame_index"] == 3 and val[3]["file_name"] == val[3]["video_frames"][3]
+    video = val[3]["video_id"]
+    assert val[3]["raw_sem_seg_file_name"] == os.path.join(
+        toy_root, "data", video, "mask", "00003.png"
+    )
+    assert val[3]["sem_seg_file_name"] == os.path.join(
+        toy_root, "annotations_detectron2", "all", video, "00003.png"
+    )
     unseen = MetadataCatalog.get("vspw_toy_val_unseen")
     assert unseen.stuff_classes == unseen.class_texts == TOY_CLASS_NAMES[28:]
     assert [unseen.label_lut[r] for r in (0, 1, 28, 29, 36, 37, 255)] == [
@@ -126,6 +133,57 @@ def test_registration(registered_toy, toy_root):
     assert [train.label_lut[r] for r in (1, 28, 29)] == [0, 27, 255]
     assert MetadataCatalog.get("vspw_toy_val_all").unseen_classes == list(range(28, 36))
     assert train.dataset_root == toy_root
+
+
+def test_label_maps(registered_toy, toy_root):
+    """Every protocol's records point at label maps that equal the raw masks relabelled
+    through the protocol's label_lut (the same labels the mapper and evaluator use)."""
+    spaces = {"vspw_toy_train_seen": "seen", "vspw_toy_val_seen": "seen"}
+    spaces.update({"vspw_toy_val_unseen": "unseen", "vspw_toy_val_all": "all"})
+    for name, space in spaces.items():
+        lut = np.asarray(MetadataCatalog.get(name).label_lut)
+        records = DatasetCatalog.get(name)
+        for r in records[:: max(1, len(records) // 10)]:
+            assert os.path.dirname(r["sem_seg_file_name"]) == os.path.join(
+                toy_root, "annotations_detectron2", space, r["video_id"]
+            )
+            labels = cv2.imread(r["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+            raw = cv2.imread(r["raw_sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+            assert labels.dtype == np.uint8 and np.array_equal(labels, lut[raw])
+    listed = sorted(os.listdir(os.path.join(toy_root, "annotations_detectron2")))
+    assert listed == ["all", "seen", "unseen"]
+    assert sorted(os.listdir(os.path.join(toy_root, "annotations_detectron2", "unseen"))) == [
+        f"val_{i:03d}" for i in range(8)
+    ]  # training videos only need the seen space
+
+
+def test_project_mapper_reads_the_label_maps(registered_toy):
+    """The video mapper's label is the label map as stored; INPUT.MASK_UNSEEN_PIXELS hides the
+    pixels whose *raw* id is unseen (the label map has 255 there, as for "others")."""
+    from ov2vss.data.video_mapper import VideoSemSegDatasetMapper
+
+    hidden = list(range(TOY_NUM_SEEN + 1, len(TOY_CLASS_NAMES) + 1))
+    mapper = VideoSemSegDatasetMapper(
+        is_train=True,
+        augmentations=[],
+        image_format="RGB",
+        num_classes=TOY_NUM_SEEN,
+        mask_unseen_pixels=True,
+        hidden_raw_ids=hidden,
+        pixel_mean=(1.0, 2.0, 3.0),
+    )
+    checked = 0
+    for record in DatasetCatalog.get("vspw_toy_val_seen")[::5]:
+        out = mapper(record)
+        labels = cv2.imread(record["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+        raw = cv2.imread(record["raw_sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(out["sem_seg"].numpy(), labels)
+        unseen = np.isin(raw, hidden)
+        target = out["frames"][-1].permute(1, 2, 0).numpy()
+        assert (target[unseen] == [1, 2, 3]).all()
+        assert not (target[~unseen] == [1, 2, 3]).all(axis=-1).any()
+        checked += int(unseen.any())
+    assert checked > 0
 
 
 def test_register_toy_default_root():

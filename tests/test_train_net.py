@@ -1,93 +1,78 @@
 """train_net.py end to end on a tiny generated toy dataset, and the shipped configs.
 
-A few iterations through train_net.main (Trainer) save a checkpoint; ``--eval-only`` from
+A few iterations through ``python train_net.py`` save a checkpoint; ``--eval-only`` from
 that checkpoint must reproduce the end-of-training metrics exactly. Missing data gives a
 one-line error, not a traceback.
 """
-import importlib.util
+
 import json
 import math
 import os
-import subprocess
-import sys
 from typing import Any, Dict
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import BACKBONE_REGISTRY
 
 import ov2vss  # noqa: F401  (registers datasets and the model)
-from ov2vss import add_ov2vss_config
+from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.datasets.register_cityscapes_video import register_cityscapes_video
-from ov2vss.data.datasets.register_vspw_toy import register_toy
-from ov2vss.data.toy import generate_toy_dataset
-from ov2vss.engine import SetupError
+from ov2vss.engine import SetupError, check_dataset_files, check_eval_weights, setup
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CONFIG = os.path.join(REPO, "configs", "toy", "ov2vss_tiny_cpu.yaml")
 TOY_TESTS = ("vspw_toy_val_unseen", "vspw_toy_val_seen", "vspw_toy_val_all")
 MAX_ITER = 3
-
-
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = load_train_net()
-
-
-def run_main(*argv) -> Any:
-    return train_net.main(default_argument_parser().parse_args([str(a) for a in argv]))
+# 2 val videos x 5 objects show all 8 unseen classes; 48 x 64 frames, 4-5 per video
+TRAIN_NET_TOY = dict(
+    num_train_videos=2,
+    num_val_videos=2,
+    frames_per_video=(4, 5),
+    image_size=(48, 64),
+    objects_per_video=(2, 5),
+)
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "VSPW_toy")
-    # 2 val videos x 5 objects show all 8 unseen classes; 48 x 64 frames, 4-5 per video
-    generate_toy_dataset(
-        root, num_train_videos=2, num_val_videos=2, frames_per_video=(4, 5), image_size=(48, 64), objects_per_video=(2, 5)
-    )
-    yield root
-    register_toy()  # the toy names point back to the default root for the other test files
+def train_net_toy(make_toy_dataset) -> str:
+    return make_toy_dataset(**TRAIN_NET_TOY)
 
 
-def tiny_opts(toy_root: str, output_dir) -> list:
-    return [
-        "DATASETS.TOY.ROOT", toy_root,
-        "OUTPUT_DIR", output_dir,
-        "SOLVER.MAX_ITER", MAX_ITER,
-        "SOLVER.IMS_PER_BATCH", 2,
-        "SOLVER.WARMUP_ITERS", 1,
-        "INPUT.MIN_SIZE_TRAIN", "(48,)",
-        "INPUT.MAX_SIZE_TRAIN", 200,
-        "INPUT.CROP.SIZE", "(32, 48)",
-        "INPUT.MIN_SIZE_TEST", 48,
-        "INPUT.MAX_SIZE_TEST", 200,
-        "MODEL.CLIP.INPUT_SIZE", 32,
-        "MODEL.OV2VSS.HIDDEN_DIM", 32,
-        "DATALOADER.NUM_WORKERS", 0,
-    ]  # fmt: skip
+@pytest.fixture(scope="module")
+def opts(tiny_train_opts):
+    """``opts(toy_root, output_dir)``: the tiny config's overrides for these runs."""
+
+    def make(toy_root, output_dir) -> list:
+        extra = (
+            "SOLVER.MAX_ITER",
+            MAX_ITER,
+            "SOLVER.WARMUP_ITERS",
+            1,
+            "INPUT.MIN_SIZE_TRAIN",
+            "(48,)",
+        )
+        extra += ("INPUT.CROP.SIZE", "(32, 48)", "MODEL.OV2VSS.HIDDEN_DIM", 32)
+        return tiny_train_opts(toy_root, output_dir, *extra)
+
+    return make
 
 
-def without_nan(metrics: Dict[str, float]) -> Dict[str, Any]:
-    """metrics.json writes NaN (class absent from the ground truth) as null."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+def parse(*argv):
+    return default_argument_parser().parse_args([str(a) for a in argv])
 
 
 def read_metrics(output_dir, dataset: str) -> Dict[str, Any]:
-    with open(os.path.join(str(output_dir), "inference", dataset, "metrics.json"), encoding="utf-8") as f:
+    with open(
+        os.path.join(str(output_dir), "inference", dataset, "metrics.json"), encoding="utf-8"
+    ) as f:
         return json.load(f)["sem_seg"]
 
 
-def test_train_then_eval_only_reproduces_the_metrics(toy_root, tmp_path):
+def test_train_then_eval_only_reproduces_the_metrics(
+    train_net_toy, opts, tiny_config_file, run_train_net, tmp_path
+):
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    run_main("--config-file", TINY_CONFIG, *tiny_opts(toy_root, train_dir))
+    run_train_net("--config-file", tiny_config_file, *opts(train_net_toy, train_dir))
 
     # checkpoint of the last iteration
     final = train_dir / "model_final.pth"
@@ -110,58 +95,62 @@ def test_train_then_eval_only_reproduces_the_metrics(toy_root, tmp_path):
     assert 0.0 <= at_end["vspw_toy_val_all"]["pACC"] <= 100.0
     assert "hIoU" in at_end["vspw_toy_val_all"]
 
-    res = run_main("--config-file", TINY_CONFIG, "--eval-only", "MODEL.WEIGHTS", final, *tiny_opts(toy_root, eval_dir))
-    assert list(res) == list(TOY_TESTS)
+    run_train_net(
+        "--config-file", tiny_config_file, "--eval-only", "MODEL.WEIGHTS", final,
+        *opts(train_net_toy, eval_dir),
+    )  # fmt: skip
+    assert sorted(os.listdir(eval_dir / "inference")) == sorted(TOY_TESTS)
     for name in TOY_TESTS:
-        assert without_nan(res[name]["sem_seg"]) == at_end[name], name
-        assert read_metrics(eval_dir, name) == at_end[name]
+        assert read_metrics(eval_dir, name) == at_end[name], name
 
 
-def test_eval_only_with_a_missing_checkpoint(toy_root, tmp_path):
+def test_eval_only_with_a_missing_checkpoint(toy_root, opts, tiny_config_file, tmp_path):
     missing = tmp_path / "nowhere" / "model_final.pth"
+    args = parse("--config-file", tiny_config_file, "--eval-only", "MODEL.WEIGHTS", missing,
+                 *opts(toy_root, tmp_path))  # fmt: skip
     with pytest.raises(SetupError, match=f"MODEL.WEIGHTS.*{missing}"):
-        run_main("--config-file", TINY_CONFIG, "--eval-only", "MODEL.WEIGHTS", missing, *tiny_opts(toy_root, tmp_path))
+        check_eval_weights(setup(args))
+    with pytest.raises(SetupError, match="--eval-only needs MODEL.WEIGHTS"):
+        check_eval_weights(get_ov2vss_cfg(tiny_config_file))
 
 
-def test_missing_vspw_is_a_one_line_error(tmp_path):
-    """The command of the issue's "done when", run on a machine without the data."""
+@pytest.mark.parametrize("config", ["configs/vspw/ov2vss_R101.yaml", "configs/Base-OV2VSS.yaml"])
+def test_missing_vspw_is_a_one_line_error(config, repo_root, run_train_net, tmp_path):
+    """`--eval-only` on a machine without the data: one line naming the dataset and root."""
     empty = tmp_path / "datasets"
     empty.mkdir()
-    env = dict(os.environ, DETECTRON2_DATASETS=str(empty), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, os.path.join(REPO, "train_net.py"),
-        "--config-file", os.path.join(REPO, "configs", "vspw", "ov2vss_R101.yaml"),
-        "--eval-only", "MODEL.WEIGHTS", "none.pth", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    proc = run_train_net(
+        "--config-file", os.path.join(repo_root, config),
+        "--eval-only", "MODEL.WEIGHTS", "none.pth", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", tmp_path / "out",
+        env={"DETECTRON2_DATASETS": str(empty)}, check=False,
+    )  # fmt: skip
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: dataset 'vspw_val_unseen'")
     assert os.path.join(str(empty), "VSPW_480p") in errors[0] and "datasets/README.md" in errors[0]
 
 
-def test_missing_cityscapes_is_a_clear_error(tmp_path):
+def test_missing_cityscapes_is_a_clear_error(repo_root, tmp_path):
     name = "cityscapes_video_val"
     old_root = MetadataCatalog.get(name).dataset_root
     root = str(tmp_path / "cityscapes")
     register_cityscapes_video(name, root, "val", overwrite=True)
     try:
+        args = parse(
+            "--config-file", os.path.join(repo_root, "configs", "cityscapes", "ov2vss_vitb16.yaml"),
+            "--eval-only", "MODEL.WEIGHTS", "none.pth", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", tmp_path / "out",
+        )  # fmt: skip
         with pytest.raises(SetupError, match=f"{name}.*{root}.*datasets/README.md"):
-            run_main(
-                "--config-file", os.path.join(REPO, "configs", "cityscapes", "ov2vss_vitb16.yaml"),
-                "--eval-only", "MODEL.WEIGHTS", "none.pth", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", tmp_path / "out",
-            )  # fmt: skip
+            check_dataset_files(setup(args), train=False)
     finally:
         register_cityscapes_video(name, old_root, "val", overwrite=True)
 
 
 # ---------------------------------------------------------------------------------- configs
 def load_config(path: str):
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, path))
-    return cfg
+    return get_ov2vss_cfg(os.path.join(os.path.dirname(__file__), "..", path))
 
 
 @pytest.mark.parametrize(
@@ -175,14 +164,25 @@ def load_config(path: str):
     ],
 )
 def test_paper_configs_have_the_paper_hyper_parameters(path):
-    """SPEC section 3: batch 4, 100k iterations, AdamW lr 3e-6 (new modules x10), wd 1e-2,
+    """The paper's set-up (IV-B): batch 4, 100k iterations, AdamW lr 3e-6 (new modules x10), wd 1e-2,
     1500 linear warm-up iterations then poly, crop 480, 480p single-scale test on VSPW."""
     cfg = load_config(path)
     s = cfg.SOLVER
-    assert (s.IMS_PER_BATCH, s.MAX_ITER, s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY) == (4, 100000, "ADAMW", 3e-6, 1e-2)
-    assert (s.HEAD_MULTIPLIER, s.LR_SCHEDULER_NAME, s.WARMUP_METHOD, s.WARMUP_ITERS) == (10.0, "WarmupPolyLR", "linear", 1500)
+    assert (s.IMS_PER_BATCH, s.MAX_ITER, s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY) == (
+        4,
+        100000,
+        "ADAMW",
+        3e-6,
+        1e-2,
+    )
+    assert (s.HEAD_MULTIPLIER, s.LR_SCHEDULER_NAME, s.WARMUP_METHOD, s.WARMUP_ITERS) == (
+        10.0,
+        "WarmupPolyLR",
+        "linear",
+        1500,
+    )
     assert cfg.INPUT.CROP.ENABLED and tuple(cfg.INPUT.CROP.SIZE) == (480, 480)
-    assert list(cfg.INPUT.CLIP.REFERENCE_OFFSETS) == [9, 6, 3]
+    assert list(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS) == [9, 6, 3]
     assert cfg.DATASETS.TRAIN == ("vspw_train_seen",)
     assert cfg.MODEL.BACKBONE.NAME in BACKBONE_REGISTRY
     if path.startswith("configs/vspw/"):

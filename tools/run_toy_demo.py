@@ -6,13 +6,14 @@
 2. Evaluates a trivial frequency-prior predictor (always the most frequent seen class) — the
    floor the model has to beat.
 3. Trains the tiny config (configs/toy/ov2vss_tiny_cpu.yaml: R-18, random tiny CLIP) with
-   train_net's Trainer on ``vspw_toy_train_seen`` (seen vocabulary only), then evaluates on
+   the Trainer of ``train_net.py`` (:class:`ov2vss.engine.Trainer`) on ``vspw_toy_train_seen`` (seen vocabulary only), then evaluates on
    ``vspw_toy_val_unseen`` (8 unseen names only), ``_seen`` and ``_all`` (36 names, hIoU).
 4. Prints both metric tables side by side, with the chance level of each vocabulary.
 
     python tools/run_toy_demo.py [--config-file ...] [--output-dir output/toy_demo] [opts ...]
 """
 
+import ov2vss  # noqa: F401  isort: skip  (first: registers everything, quiets import noise)
 import argparse
 import logging
 import os
@@ -22,33 +23,29 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
-from ov2vss import VideoSemSegDatasetMapper, VideoSemSegEvaluator, add_ov2vss_config
+from ov2vss import VideoSemSegDatasetMapper, VideoSemSegEvaluator
+from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.datasets.register_vspw_toy import default_toy_root, register_toy
-from ov2vss.data.io import read_mask, relabel
+from ov2vss.data.io import read_mask
 from ov2vss.data.toy import generate_toy_dataset
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from train_net import Trainer  # noqa: E402  (the same Trainer users run)
+from ov2vss.engine import Trainer  # the Trainer train_net.py runs
 
 EVAL_SETS = ("vspw_toy_val_unseen", "vspw_toy_val_seen", "vspw_toy_val_all")
 COLUMNS = ("mIoU", "mIoU-seen", "mIoU-unseen", "hIoU", "pACC", "mVC8", "mVC16")
 
 
 def class_frequencies(dataset_name: str) -> Dict[str, float]:
-    """Pixel frequency of every class name of ``dataset_name`` over its (relabelled) masks."""
+    """Pixel frequency of every class name of ``dataset_name`` over its label maps."""
     meta = MetadataCatalog.get(dataset_name)
     counts = np.zeros(len(meta.stuff_classes), np.int64)
     for record in DatasetCatalog.get(dataset_name):
         path = record["sem_seg_file_name"]
-        labels = relabel(
-            read_mask(path), meta.label_lut, path, len(meta.stuff_classes), meta.ignore_label
-        )
+        labels = read_mask(path)  # already in the dataset's label space (datasets/README.md)
         counts += np.bincount(labels[labels != meta.ignore_label], minlength=len(counts))
     return dict(zip(meta.stuff_classes, (counts / max(1, counts.sum())).tolist()))
 
@@ -73,7 +70,9 @@ def evaluate_baseline(cfg) -> Dict[str, dict]:
     """Metrics of the frequency-prior predictor on every toy validation protocol."""
     frequencies = class_frequencies("vspw_toy_train_seen")
     top = max(frequencies, key=frequencies.get)
-    print(f"trivial predictor: always '{top}' ({100 * frequencies[top]:.1f}% of labelled training pixels)")
+    print(
+        f"trivial predictor: always '{top}' ({100 * frequencies[top]:.1f}% of labelled training pixels)"
+    )
     model = FrequencyPrior(frequencies)
     results = {}
     for name in EVAL_SETS:
@@ -113,10 +112,14 @@ def quiet_console_logging(output_dir: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default="configs/toy/ov2vss_tiny_cpu.yaml")
     parser.add_argument("--output-dir", default="output/toy_demo")
-    parser.add_argument("--root", default="", help="toy dataset root (default: $DETECTRON2_DATASETS/VSPW_toy)")
+    parser.add_argument(
+        "--root", default="", help="toy dataset root (default: $DETECTRON2_DATASETS/VSPW_toy)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated toy dataset")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
@@ -124,10 +127,7 @@ def main(argv=None) -> int:
     # honour OMP_NUM_THREADS (the Makefile sets it); else both cores of the reference machine
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or min(2, os.cpu_count() or 1))
 
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_ov2vss_cfg(args.config_file, args.opts)
     cfg.DATASETS.TOY.ROOT = args.root or cfg.DATASETS.TOY.ROOT or default_toy_root()
     cfg.OUTPUT_DIR = args.output_dir
     cfg.freeze()
@@ -147,10 +147,15 @@ def main(argv=None) -> int:
 
     losses = trainer.storage.history("total_loss").values()
     print_table("trivial predictor (most frequent seen class)", baseline)
-    print_table(f"OV2VSS tiny, {cfg.SOLVER.MAX_ITER} iterations on CPU ({train_time / 60:.1f} min incl. evaluation)", results)
+    print_table(
+        f"OV2VSS tiny, {cfg.SOLVER.MAX_ITER} iterations on CPU ({train_time / 60:.1f} min incl. evaluation)",
+        results,
+    )
     first, last = np.mean([v for v, _ in losses[:20]]), np.mean([v for v, _ in losses[-20:]])
     print(f"\ntraining loss: {first:.3f} (first 20 iterations) -> {last:.3f} (last 20)")
-    print(f"metrics.json files under {os.path.join(cfg.OUTPUT_DIR, 'inference')}; total {time.perf_counter() - start:.1f}s")
+    print(
+        f"metrics.json files under {os.path.join(cfg.OUTPUT_DIR, 'inference')}; total {time.perf_counter() - start:.1f}s"
+    )
     return 0
 
 

@@ -1,19 +1,41 @@
-"""Config keys of OV2VSS, added to a detectron2 config by :func:`add_ov2vss_config`."""
+"""Config keys of OV2VSS (:func:`add_ov2vss_config`) and the one way to build a config.
+
+Vocabulary: a *window* is the run of frames t-k_1, ..., t (plus the distant "random" frame)
+that one prediction looks at; *CLIP* always means the CLIP model (``MODEL.CLIP``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+logger = logging.getLogger(__name__)
+
+# old key -> new key; the old names are still accepted (with a deprecation message)
+RENAMED_KEYS = {
+    "INPUT.CLIP.REFERENCE_OFFSETS": "INPUT.TEMPORAL.REFERENCE_OFFSETS",
+    "INPUT.CLIP.RANDOM_FRAME": "INPUT.TEMPORAL.RANDOM_FRAME",
+}
 
 
 def add_ov2vss_config(cfg: CN) -> None:
     """Declare every key the project uses (each with a one-line comment)."""
     # ---------------------------------------------------------------- input
-    cfg.INPUT.DATASET_MAPPER_NAME = "video_sem_seg"  # which mapper train_net builds
-    cfg.INPUT.CLIP = CN()
+    cfg.INPUT.TEMPORAL = CN()
     # temporal distances k_1 > ... > k_n of the reference frames t-k (paper IV-B: 9, 6, 3)
-    cfg.INPUT.CLIP.REFERENCE_OFFSETS = [9, 6, 3]
-    cfg.INPUT.CLIP.RANDOM_FRAME = True  # also load the distant "random" frame (RFE input)
+    cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS = [9, 6, 3]
+    cfg.INPUT.TEMPORAL.RANDOM_FRAME = True  # also load the distant "random" frame (RFE input)
+    # deprecated names of INPUT.TEMPORAL.* (None = not given); see RENAMED_KEYS
+    cfg.INPUT.CLIP = CN()
+    cfg.INPUT.CLIP.REFERENCE_OFFSETS = None
+    cfg.INPUT.CLIP.RANDOM_FRAME = None
     # paper IV-C: hide pixels of classes outside the training vocabulary in the input frames
     cfg.INPUT.MASK_UNSEEN_PIXELS = False
-    cfg.INPUT.COLOR_AUG_SSD = False  # photometric augmentation (one draw per clip)
-    cfg.INPUT.SIZE_DIVISIBILITY = 32  # pad clips so H, W divide this (ResNet needs /32)
+    cfg.INPUT.COLOR_AUG_SSD = False  # photometric augmentation (one draw per window)
+    cfg.INPUT.SIZE_DIVISIBILITY = 32  # pad frames so H, W divide this (ResNet needs /32)
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
     cfg.INPUT.CROP.ENABLED = True
     cfg.INPUT.CROP.TYPE = "absolute"
@@ -32,6 +54,9 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.OV2VSS.MAIN_LOSS_WEIGHT = 1.0  # alpha in Eq. 15
     cfg.MODEL.OV2VSS.AUX_LOSS_WEIGHT = 1.0  # beta in Eq. 15
     cfg.MODEL.OV2VSS.IGNORE_VALUE = 255  # label ignored by the losses
+    # classes processed at once by VTE, the head and the output softmax: memory stays bounded
+    # for any vocabulary size (the results do not depend on it)
+    cfg.MODEL.OV2VSS.CLASS_CHUNK = 64
     # STCF: spatial-temporal context fusion (paper III-A)
     cfg.MODEL.OV2VSS.STCF = CN()
     cfg.MODEL.OV2VSS.STCF.ENABLED = True  # off: the target frame's own features are used
@@ -44,8 +69,9 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.OV2VSS.VTE = CN()
     cfg.MODEL.OV2VSS.VTE.ENABLED = True  # off: plain CLIP text embeddings
     cfg.MODEL.OV2VSS.VTE.USE_FFN = True  # MHSA + FFN (on) or MHSA only (Table III)
-    cfg.MODEL.OV2VSS.VTE.CLIP_FRAMES = "all"  # dense CLIP features of "all" clip frames or "target"
-    # class-agnostic prediction head (SPEC section 3)
+    # dense CLIP features of "all" window frames or only the "target" frame
+    cfg.MODEL.OV2VSS.VTE.CLIP_FRAMES = "all"
+    # class-agnostic prediction head (paper Eqs. 13-15; README "Design decisions")
     cfg.MODEL.OV2VSS.HEAD = CN()
     cfg.MODEL.OV2VSS.HEAD.COST_DIM = 32  # C': per-class channels after Eq. 13's Linear
     cfg.MODEL.OV2VSS.HEAD.POS_DIM = 32  # channels of U^1 projected for Eq. 13
@@ -61,16 +87,32 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.ARCH = "ViT-B-16"
     # open_clip pretrained tag ("openai"), a local checkpoint file, or "" for random init
     cfg.MODEL.CLIP.PRETRAINED = "openai"
-    # which CLIP weights train: "none" (frozen), "attention" (attn/proj layers), "full"
+    # which CLIP weights train: "none" (frozen), "attention" (attention layers of both towers),
+    # "image" (the whole image tower, text frozen) or "full"
     cfg.MODEL.CLIP.FINETUNE = "none"
     # prompt templates: "vild", "imagenet", "single", or an explicit list of "{}" strings
     cfg.MODEL.CLIP.PROMPT_TEMPLATES = "vild"
     cfg.MODEL.CLIP.INPUT_SIZE = 384  # short side fed to the CLIP image tower for dense features
-    # ViT backbone taken from the CLIP visual tower (MODEL.BACKBONE.NAME = "CLIPViTBackbone")
+    # last image block for dense F^V: "qk" (as in CLIP) or "vv" (official code: value path only)
+    cfg.MODEL.CLIP.DENSE_MODE = "qk"
+    # ViT backbone taken from the CLIP image tower (MODEL.BACKBONE.NAME = "build_clip_vit_backbone")
     cfg.MODEL.CLIP_VIT = CN()
     cfg.MODEL.CLIP_VIT.OUT_LAYERS = [3, 6, 9, 12]  # 1-based transformer blocks giving U^1..U^4
     cfg.MODEL.CLIP_VIT.OUT_STRIDES = [4, 8, 16, 32]  # strides the block outputs are resized to
     cfg.MODEL.CLIP_VIT.OUT_CHANNELS = 256  # channels of each resized map
+    # SAM's image encoder, the paper's ViT-B (MODEL.BACKBONE.NAME = "build_sam_vit_backbone")
+    cfg.MODEL.SAM_VIT = CN()
+    cfg.MODEL.SAM_VIT.EMBED_DIM = 768  # token width (SAM ViT-B: 768)
+    cfg.MODEL.SAM_VIT.DEPTH = 12  # transformer blocks
+    cfg.MODEL.SAM_VIT.NUM_HEADS = 12  # attention heads per block
+    cfg.MODEL.SAM_VIT.WINDOW_SIZE = 14  # window of the non-global (windowed attention) blocks
+    cfg.MODEL.SAM_VIT.GLOBAL_BLOCKS = [2, 5, 8, 11]  # 0-based blocks with global attention
+    cfg.MODEL.SAM_VIT.OUT_BLOCKS = [3, 6, 9, 12]  # 1-based blocks giving U^1..U^4 (strides 4..32)
+    cfg.MODEL.SAM_VIT.OUT_CHANNELS = 256  # channels of each pyramid map
+    # pre-training size: position grid PRETRAIN_IMG_SIZE/16 (SAM's file is resized to it)
+    cfg.MODEL.SAM_VIT.PRETRAIN_IMG_SIZE = 1024
+    cfg.MODEL.SAM_VIT.USE_ACT_CHECKPOINT = False  # recompute block activations in backward
+    cfg.MODEL.SAM_VIT.DROP_PATH_RATE = 0.0  # stochastic depth (official code: none)
 
     # ---------------------------------------------------------------- solver
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
@@ -83,3 +125,53 @@ def add_ov2vss_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- evaluation
     cfg.TEST.VC_WINDOWS = [8, 16]  # video-consistency windows (mVC8, mVC16)
     cfg.TEST.DUMP_PREDICTIONS = False  # per-frame JSON dump (huge on VSPW; off by default)
+
+
+def apply_renamed_keys(cfg: CN) -> None:
+    """Move values given under a deprecated key name (:data:`RENAMED_KEYS`) to the new key."""
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = cfg
+        for p in parents:
+            node = node.get(p, None)
+            if node is None:
+                break
+        if node is None or node.get(leaf, None) is None:
+            continue
+        *new_parents, new_leaf = new.split(".")
+        target = cfg
+        for p in new_parents:
+            target = target[p]
+        logger.warning(
+            f"config key {old} is deprecated: use {new} (value {node[leaf]!r} moved there)"
+        )
+        target[new_leaf] = node[leaf]
+        node[leaf] = None
+
+
+def check_renamed_keys(cfg: CN) -> None:
+    """Refuse a config that still holds a value under a deprecated name (it would be ignored)."""
+    for old, new in RENAMED_KEYS.items():
+        node = cfg
+        for p in old.split("."):
+            node = node.get(p, None) if isinstance(node, CN) else None
+        if node is not None:
+            raise ValueError(
+                f"config key {old} is deprecated and was not moved to {new}: build the config "
+                "with ov2vss.config.get_ov2vss_cfg (which accepts the old name) or rename it"
+            )
+
+
+def get_ov2vss_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """detectron2's default config + every OV2VSS key, merged with a yaml file and overrides.
+
+    Deprecated key names are accepted and moved to their new names. The result is not frozen.
+    """
+    cfg = get_cfg()
+    add_ov2vss_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    apply_renamed_keys(cfg)
+    return cfg

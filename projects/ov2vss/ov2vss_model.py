@@ -1,21 +1,21 @@
-"""The OV2VSS meta-architecture (paper Fig. 3): a clip of frames + a vocabulary -> per-pixel scores.
+"""The OV2VSS meta-architecture (paper Fig. 3): frames + a vocabulary -> per-pixel class scores.
 
-Per frame a backbone gives multi-scale features U^1..U^L; STCF fuses the clip t-k_1..t into
+Per frame a backbone gives multi-scale features U^1..U^L; STCF fuses the window t-k_1..t into
 O_t (III-A), RFE enhances it with the distant frame (III-B), video text encoding refines the
-CLIP text embeddings with the clip's dense CLIP features and builds the cost volume (III-C),
+CLIP text embeddings with the window's dense CLIP features and builds the cost volume (III-C),
 and a class-count-agnostic head scores every (class, pixel) pair. Loss: Eq. 15,
 L = alpha * CE(main) + beta * CE(aux).
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
@@ -27,17 +27,9 @@ from .modeling.p2t_pooling import P2TPooling
 from .modeling.rfe import RandomFrameEnhancement
 from .modeling.stcf import SpatialTemporalContextFusion
 from .modeling.video_text_encoding import VideoTextEncoder, cosine_cost_volume
+from .vocabulary import dataset_vocabulary, validate_vocabulary
 
 logger = logging.getLogger(__name__)
-
-
-def dataset_vocabulary(dataset_name: str) -> List[str]:
-    """The class texts (prompt names) of a registered dataset, in label-id order."""
-    meta = MetadataCatalog.get(dataset_name)
-    texts = meta.get("class_texts", None) or meta.get("stuff_classes", None)
-    if not texts:
-        raise ValueError(f"dataset {dataset_name!r} has no class_texts/stuff_classes metadata")
-    return list(texts)
 
 
 @META_ARCH_REGISTRY.register()
@@ -56,20 +48,15 @@ class OV2VSS(nn.Module):
         backbone: Backbone,
         clip: CLIPAdapter,
         in_features: Sequence[str],
-        hidden_dim: int,
-        pool_sizes: Sequence[int],
-        num_heads: int,
-        stcf_enabled: bool,
-        fusion: str,
-        rfe_enabled: bool,
-        num_regions: int,
-        vte_enabled: bool,
-        vte_ffn: bool,
+        lateral: nn.ModuleList,
+        pools: nn.ModuleList,
+        stcf: Optional[SpatialTemporalContextFusion],
+        rfe: Optional[RandomFrameEnhancement],
+        vte: Optional[VideoTextEncoder],
+        head: OpenVocabularyHead,
+        aux_head: Optional[TextAlignedAuxHead],
+        class_chunk: int,
         vte_all_frames: bool,
-        head_cost_dim: int,
-        head_pos_dim: int,
-        head_decoder_dim: int,
-        head_temperature: float,
         decoder_stride: int,
         main_loss_weight: float,
         aux_loss_weight: float,
@@ -81,33 +68,35 @@ class OV2VSS(nn.Module):
         train_class_texts: Sequence[str],
         test_class_texts: Sequence[str],
     ):
+        """
+        Args:
+            backbone: per-frame multi-scale features U^1..U^L (``in_features``).
+            clip: the CLIP model (text embeddings F^T, dense image features F^V).
+            lateral: one 1x1 conv per scale, U^l -> the temporal branch's width C.
+            pools: P2T pooling per scale (Eq. 2); empty when neither STCF nor RFE is on.
+            stcf, rfe, vte: the paper's modules (III-A, III-B, III-C); None switches one off.
+            head: the class-count-agnostic head (Eqs. 13-15).
+            aux_head: phi_aux of Eq. 7 (None: no auxiliary loss).
+            class_chunk: classes upsampled / normalised at once at inference (memory bound).
+            vte_all_frames: dense CLIP features of every window frame (else the target only).
+            decoder_stride: stride of per-class decoding; logits are upsampled.
+            main_loss_weight, aux_loss_weight: alpha and beta of Eq. 15.
+            train_class_texts / test_class_texts: vocabularies of training and inference.
+        """
         super().__init__()
+        # registration order = creation order in from_config (keeps seeded initialisation)
         self.backbone = backbone
         self.clip = clip
         self.in_features = list(in_features)
-        shapes = backbone.output_shape()
-        missing = [f for f in self.in_features if f not in shapes]
-        if missing:
-            raise ValueError(f"MODEL.OV2VSS.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
-        self.lateral = nn.ModuleList(nn.Conv2d(shapes[f].channels, hidden_dim, 1) for f in self.in_features)
-        # P2T pools feed only STCF and RFE; without both they would get no gradient (DDP fails)
-        use_pools = stcf_enabled or rfe_enabled
-        self.pools = nn.ModuleList(P2TPooling(hidden_dim, pool_sizes) for _ in self.in_features if use_pools)
-        self.stcf = SpatialTemporalContextFusion(hidden_dim, self.pools, fusion) if stcf_enabled else None
-        self.rfe = (
-            RandomFrameEnhancement(hidden_dim, len(self.in_features), num_regions, num_heads) if rfe_enabled else None
-        )
-        self.vte = VideoTextEncoder(clip.embed_dim, num_heads, vte_ffn) if vte_enabled else None
+        self.lateral = lateral
+        self.pools = pools
+        self.stcf = stcf
+        self.rfe = rfe
+        self.vte = vte
         self.vte_all_frames = vte_all_frames
-        self.head = OpenVocabularyHead(
-            shapes[self.in_features[0]].channels,
-            hidden_dim,
-            head_cost_dim,
-            head_pos_dim,
-            head_decoder_dim,
-            head_temperature,
-        )
-        self.aux_head = TextAlignedAuxHead(hidden_dim, clip.embed_dim, head_temperature) if aux_loss_weight > 0 else None
+        self.head = head
+        self.aux_head = aux_head
+        self.class_chunk = class_chunk
         self.decoder_stride = decoder_stride
         self.main_loss_weight = main_loss_weight
         self.aux_loss_weight = aux_loss_weight
@@ -122,6 +111,10 @@ class OV2VSS(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         m = cfg.MODEL.OV2VSS
+        if m.VTE.CLIP_FRAMES not in ("all", "target"):
+            raise ValueError(
+                f"MODEL.OV2VSS.VTE.CLIP_FRAMES={m.VTE.CLIP_FRAMES!r}: 'all' or 'target'"
+            )
         train_texts = dataset_vocabulary(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else []
         if m.TEST_VOCABULARY:
             test_texts = list(m.TEST_VOCABULARY)
@@ -129,24 +122,61 @@ class OV2VSS(nn.Module):
             test_texts = dataset_vocabulary(cfg.DATASETS.TEST[0])
         else:
             test_texts = train_texts
+        # the sub-modules are created in this order (seeded initialisation depends on it)
+        backbone = build_backbone(cfg)
+        clip = build_clip_adapter(cfg)
+        in_features = list(m.IN_FEATURES)
+        shapes = backbone.output_shape()
+        missing = [f for f in in_features if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.OV2VSS.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})"
+            )
+        hidden = m.HIDDEN_DIM
+        lateral = nn.ModuleList(nn.Conv2d(shapes[f].channels, hidden, 1) for f in in_features)
+        # P2T pools feed only STCF and RFE; without both they would get no gradient (DDP fails)
+        use_pools = m.STCF.ENABLED or m.RFE.ENABLED
+        pools = nn.ModuleList(P2TPooling(hidden, m.POOL_SIZES) for _ in in_features if use_pools)
+        stcf = (
+            SpatialTemporalContextFusion(hidden, pools, m.STCF.FUSION) if m.STCF.ENABLED else None
+        )
+        rfe = (
+            RandomFrameEnhancement(hidden, len(in_features), m.RFE.NUM_REGIONS, m.NUM_HEADS)
+            if m.RFE.ENABLED
+            else None
+        )
+        vte = (
+            VideoTextEncoder(clip.embed_dim, m.NUM_HEADS, m.VTE.USE_FFN, m.CLASS_CHUNK)
+            if m.VTE.ENABLED
+            else None
+        )
+        head = OpenVocabularyHead(
+            shapes[in_features[0]].channels,
+            hidden,
+            m.HEAD.COST_DIM,
+            m.HEAD.POS_DIM,
+            m.HEAD.DECODER_DIM,
+            m.HEAD.TEMPERATURE_INIT,
+            m.CLASS_CHUNK,
+        )
+        aux_head = (
+            TextAlignedAuxHead(hidden, clip.embed_dim, m.HEAD.TEMPERATURE_INIT)
+            if m.AUX_LOSS_WEIGHT > 0
+            else None
+        )
         return {
-            "backbone": build_backbone(cfg),
-            "clip": build_clip_adapter(cfg),
-            "in_features": m.IN_FEATURES,
-            "hidden_dim": m.HIDDEN_DIM,
-            "pool_sizes": m.POOL_SIZES,
-            "num_heads": m.NUM_HEADS,
-            "stcf_enabled": m.STCF.ENABLED,
-            "fusion": m.STCF.FUSION,
-            "rfe_enabled": m.RFE.ENABLED,
-            "num_regions": m.RFE.NUM_REGIONS,
-            "vte_enabled": m.VTE.ENABLED,
-            "vte_ffn": m.VTE.USE_FFN,
+            "backbone": backbone,
+            "clip": clip,
+            "in_features": in_features,
+            "lateral": lateral,
+            "pools": pools,
+            "stcf": stcf,
+            "rfe": rfe,
+            "vte": vte,
+            "head": head,
+            "aux_head": aux_head,
+            "class_chunk": m.CLASS_CHUNK,
             "vte_all_frames": m.VTE.CLIP_FRAMES == "all",
-            "head_cost_dim": m.HEAD.COST_DIM,
-            "head_pos_dim": m.HEAD.POS_DIM,
-            "head_decoder_dim": m.HEAD.DECODER_DIM,
-            "head_temperature": m.HEAD.TEMPERATURE_INIT,
             "decoder_stride": m.HEAD.DECODER_STRIDE,
             "main_loss_weight": m.MAIN_LOSS_WEIGHT,
             "aux_loss_weight": m.AUX_LOSS_WEIGHT,
@@ -166,13 +196,7 @@ class OV2VSS(nn.Module):
     # ------------------------------------------------------------------ vocabulary
     def set_test_vocabulary(self, class_texts: Sequence[str]) -> None:
         """Vocabulary used at inference (any size; no retraining needed)."""
-        texts = [str(t).strip() for t in class_texts]
-        if not texts or any(not t for t in texts):
-            raise ValueError(f"the vocabulary must be a non-empty list of non-empty names, got {list(class_texts)}")
-        dupes = sorted({t for t in texts if texts.count(t) > 1})
-        if dupes:
-            raise ValueError(f"duplicate class names in the vocabulary: {dupes}")
-        self.test_class_texts = texts
+        self.test_class_texts = validate_vocabulary(class_texts)
 
     @contextlib.contextmanager
     def vocabulary(self, class_texts: Sequence[str]) -> Iterator[None]:
@@ -201,39 +225,47 @@ class OV2VSS(nn.Module):
         return x.flip(1) if self.input_format == "BGR" else x
 
     # ------------------------------------------------------------------ stages
-    # forward() = preprocess_clips -> per-frame encoding (frame_features, pooled_features,
+    # forward() = preprocess_windows -> per-frame encoding (frame_features, pooled_features,
     # clip_features) -> temporal_context / random_regions -> decode -> postprocess. The
     # streaming VideoPredictor (predictor.py) calls the same stages on one frame at a time and
     # caches the per-frame results, so both paths compute the same numbers.
     def backbone_positions(self, num_frames: int) -> List[int]:
-        """Clip positions (target last) whose backbone features are used: all of them with
+        """Window positions (target last) whose backbone features are used: all of them with
         STCF, else only the target."""
         return list(range(num_frames)) if self.stcf is not None else [num_frames - 1]
 
     def dense_positions(self, num_frames: int) -> List[int]:
-        """Clip positions whose dense CLIP features are used: the whole clip for video text
+        """Window positions whose dense CLIP features are used: the whole window for video text
         encoding over "all" frames, else only the target."""
-        return list(range(num_frames)) if (self.vte is not None and self.vte_all_frames) else [num_frames - 1]
+        return (
+            list(range(num_frames))
+            if (self.vte is not None and self.vte_all_frames)
+            else [num_frames - 1]
+        )
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8/float frames [..., 3, H, W] in INPUT.FORMAT -> normalised float on the model's device."""
         return (frames.to(self.device).float() - self.pixel_mean) / self.pixel_std
 
-    def preprocess_clips(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
-        """Normalise and pad the clips of a batch: [B, F, 3, Hp, Wp] with F = T (+1 random frame
-        when RFE is on, last), and each clip's unpadded size."""
+    def preprocess_windows(
+        self, batched_inputs: List[Dict]
+    ) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """Normalise and pad the windows of a batch: [B, F, 3, Hp, Wp] with F = T (+1 random frame
+        when RFE is on, last), and each window's unpadded size."""
         num_frames = batched_inputs[0]["frames"].shape[0]
-        clips = []
+        windows = []
         for x in batched_inputs:
             if x["frames"].shape[0] != num_frames:
-                raise ValueError("all clips of a batch must have the same number of frames")
-            parts = [x["frames"]] + ([x["random_frame"].unsqueeze(0)] if self.rfe is not None else [])
-            clips.append(self.normalize(torch.cat(parts)))
-        images = ImageList.from_tensors(clips, self.size_divisibility)
+                raise ValueError("all windows of a batch must have the same number of frames")
+            parts = [x["frames"]] + (
+                [x["random_frame"].unsqueeze(0)] if self.rfe is not None else []
+            )
+            windows.append(self.normalize(torch.cat(parts)))
+        images = ImageList.from_tensors(windows, self.size_divisibility)
         return images.tensor, list(images.image_sizes)
 
     def pad_frame(self, frame: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """One frame [3, H, W] -> normalised, padded [1, 3, Hp, Wp] (as preprocess_clips pads)."""
+        """One frame [3, H, W] -> normalised, padded [1, 3, Hp, Wp] (as preprocess_windows pads)."""
         images = ImageList.from_tensors([self.normalize(frame)], self.size_divisibility)
         return images.tensor, images.image_sizes[0]
 
@@ -241,7 +273,9 @@ class OV2VSS(nn.Module):
         """Backbone features of normalised frames [F,3,H,W]: U^l projected to C (list over
         scales) and the raw finest map U^1 (position features of Eq. 13)."""
         feats = self.backbone(images)
-        return [lat(feats[f]) for lat, f in zip(self.lateral, self.in_features)], feats[self.in_features[0]]
+        return [lat(feats[f]) for lat, f in zip(self.lateral, self.in_features)], feats[
+            self.in_features[0]
+        ]
 
     def pooled_features(self, scales: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """P2T tokens f(U^l) [F, P, C] of every projected scale (Eq. 2)."""
@@ -252,17 +286,19 @@ class OV2VSS(nn.Module):
         return self.clip.dense_features(self._clip_pixels(images))
 
     def temporal_context(
-        self, clip_scales: Sequence[Sequence[torch.Tensor]], first_pooled: Sequence[torch.Tensor]
+        self, window_scales: Sequence[Sequence[torch.Tensor]], first_pooled: Sequence[torch.Tensor]
     ) -> torch.Tensor:
-        """O_t [B, C, H_1, W_1] (III-A). clip_scales[i][l]: projected scale l of the clip's frame
+        """O_t [B, C, H_1, W_1] (III-A). window_scales[i][l]: projected scale l of the window's frame
         at backbone position i (target last); first_pooled: f(U^l) of the first position."""
         if self.stcf is None:
             # no temporal context: the target's own scales summed at U^1's size, so every
             # backbone stage and lateral conv still contributes (and trains)
-            target = clip_scales[-1]
+            target = window_scales[-1]
             size = target[0].shape[-2:]
-            return sum(F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in target)
-        return self.stcf([list(s) for s in clip_scales], list(first_pooled))
+            return sum(
+                F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in target
+            )
+        return self.stcf([list(s) for s in window_scales], list(first_pooled))
 
     def random_regions(self, random_pooled: Sequence[torch.Tensor]) -> torch.Tensor:
         """Region features L_r [B, K, C] of the random frame (III-B, Eqs. 8-9)."""
@@ -277,14 +313,15 @@ class OV2VSS(nn.Module):
         text: torch.Tensor,
         padded_size: Tuple[int, int],
     ) -> torch.Tensor:
-        """RFE, video text encoding, cost volume and head -> logits [B, N, *padded_size].
+        """RFE, video text encoding, cost volume and head -> logits [B, N, h, w] at the decoder
+        stride (``padded_size // decoder_stride``; see :meth:`postprocess` / :meth:`upsample`).
 
         o_t: STCF output; regions: L_r of the random frame (None without RFE); dense: CLIP
         features of the dense positions [B, T', D, h, w] (target last); finest: the target's
         raw U^1; text: F^T [N, D].
         """
         o_hat = self.rfe(o_t, regions) if self.rfe is not None else o_t  # III-B, Eq. 10
-        # III-C: video text encoding on the clip's dense CLIP features, cost volume (Eqs. 11-12)
+        # III-C: video text encoding on the window's dense CLIP features, cost volume (Eqs. 11-12)
         if self.vte is not None:
             bsz, _, dim = dense.shape[:3]
             tokens = dense.permute(0, 1, 3, 4, 2).reshape(bsz, -1, dim)
@@ -292,63 +329,101 @@ class OV2VSS(nn.Module):
         cost = cosine_cost_volume(text, dense[:, -1])
         # Eqs. 13-15: class-agnostic head at the decoder stride, logits upsampled
         dec_size = (padded_size[0] // self.decoder_stride, padded_size[1] // self.decoder_stride)
-        logits = self.head(cost, finest, o_hat, dec_size)
+        return self.head(cost, finest, o_hat, dec_size)
+
+    @staticmethod
+    def upsample(logits: torch.Tensor, padded_size: Tuple[int, int]) -> torch.Tensor:
         return F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
 
     def postprocess(
-        self, logits: torch.Tensor, image_sizes: Sequence[Tuple[int, int]], output_sizes: Sequence[Tuple[int, int]]
+        self,
+        logits: torch.Tensor,
+        padded_size: Tuple[int, int],
+        image_sizes: Sequence[Tuple[int, int]],
+        output_sizes: Sequence[Tuple[int, int]],
     ) -> List[Dict[str, torch.Tensor]]:
-        """Class probabilities cropped to each unpadded size and resized to the output size."""
-        probs = logits.softmax(dim=1)
-        return [
-            {"sem_seg": sem_seg_postprocess(p, size, h, w)}
-            for p, size, (h, w) in zip(probs, image_sizes, output_sizes)
-        ]
+        """Decoder logits -> class probabilities upsampled to the padded size, cropped to each
+        unpadded size and resized to the output size.
+
+        Large vocabularies go through in chunks of classes (two passes: the softmax
+        normaliser, then the probabilities), so the peak is the [N, H, W] output itself.
+        """
+        results = []
+        for lg, size, (h, w) in zip(logits, image_sizes, output_sizes):
+            lg = lg.unsqueeze(0)
+            if lg.shape[1] <= self.class_chunk:
+                probs = self.upsample(lg, padded_size).softmax(dim=1)[0]
+                results.append({"sem_seg": sem_seg_postprocess(probs, size, h, w)})
+                continue
+            chunks = lg.split(self.class_chunk, dim=1)
+            lse = torch.logsumexp(
+                torch.stack([self.upsample(c, padded_size).logsumexp(dim=1) for c in chunks]), dim=0
+            )  # [1, Hp, Wp]
+            out = torch.empty((lg.shape[1], h, w), dtype=lg.dtype, device=lg.device)
+            start = 0
+            for c in chunks:
+                probs = (self.upsample(c, padded_size) - lse.unsqueeze(1)).exp_()[0]
+                out[start : start + c.shape[1]] = sem_seg_postprocess(probs, size, h, w)
+                start += c.shape[1]
+            results.append({"sem_seg": out})
+        return results
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict] | Dict[str, torch.Tensor]:
         class_texts = self.active_class_texts
-        x, image_sizes = self.preprocess_clips(batched_inputs)  # [B, F, 3, Hp, Wp]
+        x, image_sizes = self.preprocess_windows(batched_inputs)  # [B, F, 3, Hp, Wp]
         bsz, num_frames = x.shape[0], batched_inputs[0]["frames"].shape[0]
         padded_size = tuple(x.shape[-2:])
 
-        # which frames need the backbone: the clip (STCF on) or just the target, and the random one
-        clip_ids = self.backbone_positions(num_frames)
-        frame_ids = clip_ids + ([num_frames] if self.rfe is not None else [])
+        # which frames need the backbone: the window (STCF on) or just the target, and the random one
+        window_ids = self.backbone_positions(num_frames)
+        frame_ids = window_ids + ([num_frames] if self.rfe is not None else [])
         scales, finest = self.frame_features(x[:, frame_ids].flatten(0, 1))
         scales = [f.view(bsz, len(frame_ids), *f.shape[1:]) for f in scales]
         finest = finest.view(bsz, len(frame_ids), *finest.shape[1:])
 
         # III-A: STCF
-        per_frame = [[f[:, i] for f in scales] for i in range(len(clip_ids))]
-        first_pooled = self.pooled_features([f[:, 0] for f in scales]) if self.stcf is not None else []
+        per_frame = [[f[:, i] for f in scales] for i in range(len(window_ids))]
+        first_pooled = (
+            self.pooled_features([f[:, 0] for f in scales]) if self.stcf is not None else []
+        )
         o_t = self.temporal_context(per_frame, first_pooled)
 
         text = self.clip.encode_vocabulary(class_texts)  # F^T [N, D]
-        aux_logits = self.aux_head(o_t, text) if (self.training and self.aux_head is not None) else None
+        aux_logits = (
+            self.aux_head(o_t, text) if (self.training and self.aux_head is not None) else None
+        )
 
         # III-B: the distant frame's regions
         regions = None
         if self.rfe is not None:
-            regions = self.random_regions(self.pooled_features([f[:, len(frame_ids) - 1] for f in scales]))
+            regions = self.random_regions(
+                self.pooled_features([f[:, len(frame_ids) - 1] for f in scales])
+            )
 
         vte_ids = self.dense_positions(num_frames)
         dense = self.clip_features(x[:, vte_ids].flatten(0, 1))
         dense = dense.view(bsz, len(vte_ids), *dense.shape[1:])  # [B, T', D, h, w]
-        logits = self.decode(o_t, regions, dense, finest[:, len(clip_ids) - 1], text, padded_size)
+        logits = self.decode(o_t, regions, dense, finest[:, len(window_ids) - 1], text, padded_size)
 
         if self.training:
+            logits = self.upsample(logits, padded_size)
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-            targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
+            targets = ImageList.from_tensors(
+                targets, self.size_divisibility, pad_value=self.ignore_value
+            ).tensor
             losses = {"loss_main": self.main_loss_weight * self._ce(logits, targets)}
             if aux_logits is not None:
-                aux = F.interpolate(aux_logits, size=padded_size, mode="bilinear", align_corners=False)
+                aux = F.interpolate(
+                    aux_logits, size=padded_size, mode="bilinear", align_corners=False
+                )
                 losses["loss_aux"] = self.aux_loss_weight * self._ce(aux, targets)
             return losses
 
         output_sizes = [
-            (inp.get("height", size[0]), inp.get("width", size[1])) for inp, size in zip(batched_inputs, image_sizes)
+            (inp.get("height", size[0]), inp.get("width", size[1]))
+            for inp, size in zip(batched_inputs, image_sizes)
         ]
-        return self.postprocess(logits, image_sizes, output_sizes)
+        return self.postprocess(logits, padded_size, image_sizes, output_sizes)
 
     def _ce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]

@@ -1,36 +1,38 @@
 """Streaming OV2VSS inference: frames in, one prediction per frame out, each frame encoded once.
 
-Clip-by-clip inference (the video mapper at inference + ``OV2VSS.forward``) runs the backbone
-and the CLIP image tower on every member of every clip: with the default offsets 9/6/3 and
-RFE that is 5 backbone passes and 4 CLIP passes per output frame. :class:`VideoPredictor`
-takes the frames in order and keeps what later clips need in a small cache keyed by frame
-index, so every frame goes through the backbone and CLIP exactly once:
+Window-by-window inference (the video mapper at inference + ``OV2VSS.forward``) runs the
+backbone and the CLIP image tower on every member of every window: with the default offsets
+9/6/3 and RFE that is 5 backbone passes and 4 CLIP passes per output frame.
+:class:`VideoPredictor` takes the frames in order and keeps what later windows need in a small
+cache keyed by frame index, so every frame goes through the backbone and CLIP exactly once:
 
 * per frame: the projected backbone scales (STCF queries), their P2T tokens (first frame of
-  a clip, random frame) and the dense CLIP features (video text encoding);
+  a window, random frame) and the dense CLIP features (video text encoding);
 * per video: the region features L_r of the random frames (frame 0 and the last one) —
   computed once each;
-* only the clip-specific work (the STCF chain, RFE attention, video text encoding, the head)
-  runs per output frame.
+* only the window-specific work (the STCF chain, RFE attention, video text encoding, the
+  head) runs per output frame.
 
-Entries are dropped as soon as no later clip can use them (the clip indices only grow with
-the target), so the cache holds about ``max(REFERENCE_OFFSETS)`` frames.
+Entries are dropped as soon as no later window can use them (the window indices only grow
+with the target), so the cache holds about ``max(REFERENCE_OFFSETS)`` frames.
+
+Windows and random frames follow the inference mapper's rules
+(:mod:`ov2vss.data.frame_sampling`), and frames are resized by its inference augmentation.
 
 **Video of known length** (a list of frames, or ``num_frames`` + ``last_frame``): the random
 frame of target ``t`` is the one farthest in time, frame 0 or the last frame (ties -> 0), as
 the inference mapper picks it; the last frame is encoded up front and its features are kept
-until it is reached. The output equals clip-by-clip inference to float tolerance.
+until it is reached. The output equals window-by-window inference to float tolerance.
 
 **Live stream** (``num_frames=None``): the future is unknown, so the random frame is the
 farthest frame *seen so far*, which is always frame 0. Frames in the first half of the video
-therefore get a different random frame than clip-by-clip inference of the finished video
+therefore get a different random frame than window-by-window inference of the finished video
 would give them (the last frame); everything else is the same.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -41,64 +43,15 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torch import nn
 
-from .checkpoint import OV2VSSCheckpointer
-from .data.video_mapper import clip_indices, farthest_frame, test_augmentations
+from .checkpoint import load_model_weights
+from .data.augmentation import build_augmentation
+from .data.frame_sampling import inference_random_frames, select_random_frame, window_indices
+from .data.io import FrameSizeError, check_same_size
+from .seeding import seeded_rng
 
 __all__ = ["VideoPredictor", "FrameSizeError", "load_model_weights"]
 
 logger = logging.getLogger(__name__)
-
-
-class FrameSizeError(ValueError):
-    """A frame whose size differs from the video's first frame."""
-
-
-class _RecordingCheckpointer(OV2VSSCheckpointer):
-    """The project checkpointer (safe loading, errors naming the file) that also keeps the keys
-    a checkpoint lacked (detectron2 only logs them)."""
-
-    missing_keys: List[str] = []
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        self.missing_keys = list(incompatible.missing_keys)
-        super()._log_incompatible_keys(incompatible)
-
-
-def load_model_weights(model: nn.Module, cfg: CfgNode) -> Optional[str]:
-    """Load ``cfg.MODEL.WEIGHTS`` into ``model``.
-
-    Returns a warning (also logged) when modules stay randomly initialised: MODEL.WEIGHTS is
-    empty, or the checkpoint lacks them (e.g. an ImageNet backbone, not a trained OV2VSS);
-    CLIP counts as initialised when MODEL.CLIP.PRETRAINED is set. Raises FileNotFoundError
-    naming a weights file that does not exist.
-    """
-    path = cfg.MODEL.WEIGHTS
-    clip = cfg.MODEL.CLIP.PRETRAINED
-    if path:
-        if "://" not in path and not os.path.isfile(path):
-            raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint file {path} does not exist")
-        checkpointer = _RecordingCheckpointer(model)
-        checkpointer.load(path)
-        missing = sorted({k.split(".")[0] for k in checkpointer.missing_keys} - ({"clip"} if clip else set()))
-        if not missing:
-            return None
-        msg = (
-            f"MODEL.WEIGHTS {path} has no weights for {missing}: they are randomly initialised, "
-            "so the predictions are meaningless unless it is a trained OV2VSS checkpoint."
-        )
-    else:
-        what = (
-            f"only CLIP is pretrained (MODEL.CLIP.PRETRAINED={clip!r}); the backbone, STCF, RFE, "
-            "video text encoding and the head"
-            if clip
-            else "the whole model, CLIP included (MODEL.CLIP.PRETRAINED is empty too),"
-        )
-        msg = (
-            f"MODEL.WEIGHTS is empty: {what} are randomly initialised, so the predictions are "
-            "meaningless. Pass a trained checkpoint with MODEL.WEIGHTS <file.pth>."
-        )
-    logger.warning(msg)
-    return msg
 
 
 @dataclass
@@ -106,14 +59,19 @@ class _FrameEntry:
     """Cached per-frame features (batch dimension 1). Fields are dropped when no longer needed."""
 
     scales: Optional[List[torch.Tensor]] = None  # projected U^l, STCF queries / target features
-    pooled: Optional[List[torch.Tensor]] = None  # f(U^l): first frame of a clip, random frame
+    pooled: Optional[List[torch.Tensor]] = None  # f(U^l): first frame of a window, random frame
     dense: Optional[torch.Tensor] = None  # F^V [1, D, h, w]
     finest: Optional[torch.Tensor] = None  # raw U^1, only while the frame is still to be a target
     unpadded: Tuple[int, int] = (0, 0)  # resized frame size
     padded: Tuple[int, int] = (0, 0)  # after padding to the model's size divisibility
 
     def empty(self) -> bool:
-        return self.scales is None and self.pooled is None and self.dense is None and self.finest is None
+        return (
+            self.scales is None
+            and self.pooled is None
+            and self.dense is None
+            and self.finest is None
+        )
 
 
 class VideoPredictor:
@@ -121,7 +79,7 @@ class VideoPredictor:
 
     Args:
         cfg: the config (test resizing INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, INPUT.FORMAT, the
-            clip offsets INPUT.CLIP.*). Without ``model`` the model is built from it and
+            window offsets INPUT.TEMPORAL.*). Without ``model`` the model is built from it and
             ``MODEL.WEIGHTS`` is loaded (see :func:`load_model_weights`).
         model: an already built OV2VSS model (its weights are used as they are).
         frame_format: channel order of the frames passed in, "RGB" (PyAV, PIL) or "BGR" (OpenCV).
@@ -141,33 +99,40 @@ class VideoPredictor:
         if frame_format not in ("RGB", "BGR"):
             raise ValueError(f"frame_format must be 'RGB' or 'BGR', got {frame_format!r}")
         if model is None:
-            model = build_model(cfg)
+            # seeded (SEED, else 0): without trained weights, reruns give the same labels
+            with seeded_rng(cfg.SEED if cfg.SEED >= 0 else 0):
+                model = build_model(cfg)
             self.weights_warning = load_model_weights(model, cfg)
         else:
             self.weights_warning = None
         self.model = model.eval()
         self.frame_format = frame_format
         self.input_format = cfg.INPUT.FORMAT
-        self.offsets = [int(k) for k in cfg.INPUT.CLIP.REFERENCE_OFFSETS]
+        self.offsets = [int(k) for k in cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS]
         if any(k < 0 for k in self.offsets):
-            raise ValueError(f"INPUT.CLIP.REFERENCE_OFFSETS={self.offsets}: streaming needs past frames only (k >= 0)")
-        self.use_random_frame = bool(cfg.INPUT.CLIP.RANDOM_FRAME)
-        self.resize = T.AugmentationList(test_augmentations(cfg))
-        # what each clip position needs, and how far back (offset k) it reaches
-        clip_len = len(self.offsets) + 1
+            raise ValueError(
+                f"INPUT.TEMPORAL.REFERENCE_OFFSETS={self.offsets}: streaming needs past frames "
+                "only (k >= 0)"
+            )
+        self.use_random_frame = bool(cfg.INPUT.TEMPORAL.RANDOM_FRAME)
+        self.resize = T.AugmentationList(build_augmentation(cfg, is_train=False))
+        # what each window position needs, and how far back (offset k) it reaches
+        window_len = len(self.offsets) + 1
         ks = self.offsets + [0]
         stcf = self.model.stcf is not None
-        scale_pos = self.model.backbone_positions(clip_len)[1:] if stcf else []
+        scale_pos = self.model.backbone_positions(window_len)[1:] if stcf else []
         self._reach = {
             "scales": max([ks[p] for p in scale_pos], default=0),
             "pooled": ks[0] if stcf else None,
-            "dense": max(ks[p] for p in self.model.dense_positions(clip_len)),
+            "dense": max(ks[p] for p in self.model.dense_positions(window_len)),
         }
         self._needs_pooled = stcf or self.model.rfe is not None
         self.reset()
 
     # ------------------------------------------------------------------ video state
-    def reset(self, num_frames: Optional[int] = None, last_frame: Optional[np.ndarray] = None) -> None:
+    def reset(
+        self, num_frames: Optional[int] = None, last_frame: Optional[np.ndarray] = None
+    ) -> None:
         """Start a new video. ``num_frames`` None means a live stream (random frame = frame 0).
 
         With a known length > 1 and RFE on, ``last_frame`` (the video's final frame) is required:
@@ -177,11 +142,17 @@ class VideoPredictor:
             raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
         self.num_frames = num_frames
         self._next = 0
-        self._size: Optional[Tuple[Tuple[int, int], int]] = None  # (H, W) and the frame it came from
+        # (H, W) of the first frame seen and that frame's index
+        self._size: Optional[Tuple[Tuple[int, int], int]] = None
         self._last_frame: Optional[np.ndarray] = None
         self._cache: Dict[int, _FrameEntry] = {}
         self._regions: Dict[int, torch.Tensor] = {}
-        needs_last = num_frames is not None and num_frames > 1 and self.model.rfe is not None and self.use_random_frame
+        needs_last = (
+            num_frames is not None
+            and num_frames > 1
+            and self.model.rfe is not None
+            and self.use_random_frame
+        )
         if needs_last:
             if last_frame is None:
                 raise ValueError(
@@ -202,22 +173,23 @@ class VideoPredictor:
         """Memory held by the cached features and region features."""
         tensors = list(self._regions.values())
         for e in self._cache.values():
-            tensors += (e.scales or []) + (e.pooled or []) + [t for t in (e.dense, e.finest) if t is not None]
+            tensors += (
+                (e.scales or [])
+                + (e.pooled or [])
+                + [t for t in (e.dense, e.finest) if t is not None]
+            )
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _check_size(self, frame: np.ndarray, index: int) -> None:
+        """An HxWx3 array of the size of the first frame seen (raises FrameSizeError)."""
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
             shape = getattr(frame, "shape", type(frame).__name__)
             raise ValueError(f"frame {index}: expected an HxWx3 uint8 array, got {shape}")
-        size = frame.shape[:2]
         if self._size is None:
-            self._size = (size, index)
-        elif size != self._size[0]:
-            (h, w), ref = self._size
-            raise FrameSizeError(
-                f"frame {index} has size {size[1]}x{size[0]} (WxH) but frame {ref} has size "
-                f"{w}x{h}: all frames of a video must have the same size"
-            )
+            self._size = (frame.shape[:2], index)
+        else:
+            size, ref = self._size
+            check_same_size(frame, str(index), size, f"frame {ref}")
 
     # ------------------------------------------------------------------ encoding
     def _prepare(self, frame: np.ndarray) -> torch.Tensor:
@@ -234,11 +206,11 @@ class VideoPredictor:
             return False
         if not self.use_random_frame:
             return True  # the target is its own "random" frame
-        return index == 0 or (self.num_frames is not None and index == self.num_frames - 1)
+        return index in inference_random_frames(self.num_frames)
 
     @torch.no_grad()
     def _encode(self, index: int, frame: np.ndarray) -> _FrameEntry:
-        """Run the backbone (and CLIP) once on a frame and cache what later clips need."""
+        """Run the backbone (and CLIP) once on a frame and cache what later windows need."""
         image, unpadded = self.model.pad_frame(self._prepare(frame))
         scales, finest = self.model.frame_features(image)
         entry = _FrameEntry(
@@ -255,12 +227,18 @@ class VideoPredictor:
         return entry
 
     # ------------------------------------------------------------------ prediction
+    def _length(self, target: int) -> int:
+        """Frames of the video; for a live stream the frames seen so far (up to ``target``)."""
+        return self.num_frames if self.num_frames is not None else target + 1
+
     def random_frame_index(self, target: int) -> int:
         """The random frame of ``target``: farthest frame of the video (of the frames seen so
         far for a live stream, i.e. frame 0), or the target itself with RANDOM_FRAME off."""
-        if not self.use_random_frame:
-            return target
-        return farthest_frame(target, self.num_frames if self.num_frames is not None else target + 1)
+        length = self._length(target)
+        window = window_indices(target, length, self.offsets)
+        return select_random_frame(
+            target, length, window, training=False, enabled=self.use_random_frame
+        )
 
     @torch.no_grad()
     def push(self, frame: np.ndarray) -> Dict[str, torch.Tensor]:
@@ -268,7 +246,9 @@ class VideoPredictor:
         at the frame's original size (N = the model's test vocabulary)."""
         t = self._next
         if self.num_frames is not None and t >= self.num_frames:
-            raise ValueError(f"the video was announced with {self.num_frames} frames; got frame {t}")
+            raise ValueError(
+                f"the video was announced with {self.num_frames} frames; got frame {t}"
+            )
         self._check_size(frame, t)
         model = self.model
         entry = self._cache.get(t)
@@ -279,29 +259,30 @@ class VideoPredictor:
         if entry is None or entry.finest is None:
             entry = self._encode(t, frame)
 
-        length = self.num_frames if self.num_frames is not None else t + 1
-        clip = clip_indices(t, length, self.offsets)
-        positions = model.backbone_positions(len(clip))
-        # STCF reads only the pooled tokens of the first clip frame (its maps may be evicted)
-        clip_scales = [self._cache[clip[p]].scales or [] for p in positions[:-1]] + [entry.scales]
-        first_pooled = self._cache[clip[0]].pooled if model.stcf is not None else []
-        o_t = model.temporal_context(clip_scales, first_pooled)
+        window = window_indices(t, self._length(t), self.offsets)
+        positions = model.backbone_positions(len(window))
+        # STCF reads only the pooled tokens of the first window frame (its maps may be evicted)
+        window_scales = [self._cache[window[p]].scales or [] for p in positions[:-1]]
+        window_scales.append(entry.scales)
+        first_pooled = self._cache[window[0]].pooled if model.stcf is not None else []
+        o_t = model.temporal_context(window_scales, first_pooled)
 
         regions = None
         if model.rfe is not None:
             rand = self.random_frame_index(t)
             regions = self._regions[rand]
-        dense = torch.stack([self._cache[clip[p]].dense for p in model.dense_positions(len(clip))], dim=1)
+        dense_positions = model.dense_positions(len(window))
+        dense = torch.stack([self._cache[window[p]].dense for p in dense_positions], dim=1)
         text = model.clip.encode_vocabulary(model.active_class_texts)
         logits = model.decode(o_t, regions, dense, entry.finest, text, entry.padded)
-        result = model.postprocess(logits, [entry.unpadded], [self._size[0]])[0]
+        result = model.postprocess(logits, entry.padded, [entry.unpadded], [self._size[0]])[0]
 
         self._next = t + 1
         self._evict(t)
         return result
 
     def _evict(self, t: int) -> None:
-        """Drop every cached field no target after ``t`` can use (clip indices grow with t)."""
+        """Drop every cached field no target after ``t`` can use (window indices grow with t)."""
         if self.num_frames is not None and t == self.num_frames - 1:  # the video is done
             self._cache.clear()
             self._regions.clear()
@@ -326,7 +307,7 @@ class VideoPredictor:
     ) -> Iterator[Dict[str, torch.Tensor]]:
         """Predict every frame of a video, in order (a generator).
 
-        ``frames``: a sequence (its length and last frame are used: exact clip-by-clip
+        ``frames``: a sequence (its length and last frame are used: exact window-by-window
         results), or an iterator with ``num_frames`` and ``last_frame`` given, or an iterator
         alone (live stream: see the module docstring).
         """
@@ -338,4 +319,6 @@ class VideoPredictor:
         for frame in frames:
             yield self.push(frame)
         if self.num_frames is not None and self._next != self.num_frames:
-            raise ValueError(f"the video was announced with {self.num_frames} frames but had {self._next}")
+            raise ValueError(
+                f"the video was announced with {self.num_frames} frames but had {self._next}"
+            )

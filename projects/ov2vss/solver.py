@@ -1,9 +1,10 @@
-"""Optimizer and learning-rate schedule of OV2VSS (SPEC section 5).
+"""Optimizer and learning-rate schedule of OV2VSS (paper IV-B; README "Training at scale").
 
 AdamW (or SGD) with per-module learning-rate multipliers — backbone, CLIP, and the new
 modules (x10 in the official code) — detectron2's gradient clipping, and a linear warm-up
 followed by poly decay.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,12 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
 )
 
 
@@ -53,7 +59,9 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
             continue
         seen.add(id(p))
         wd = cfg.SOLVER.WEIGHT_DECAY_NORM if id(p) in no_decay else cfg.SOLVER.WEIGHT_DECAY
-        groups.append({"params": [p], "lr": base_lr * multipliers[_module_group(name)], "weight_decay": wd})
+        groups.append(
+            {"params": [p], "lr": base_lr * multipliers[_module_group(name)], "weight_decay": wd}
+        )
     if not groups:
         raise ValueError("the model has no trainable parameters")
     return groups
@@ -65,7 +73,10 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     if name == "ADAMW":
         optim_cls, kwargs = torch.optim.AdamW, {"lr": cfg.SOLVER.BASE_LR}
     elif name == "SGD":
-        optim_cls, kwargs = torch.optim.SGD, {"lr": cfg.SOLVER.BASE_LR, "momentum": cfg.SOLVER.MOMENTUM}
+        optim_cls, kwargs = torch.optim.SGD, {
+            "lr": cfg.SOLVER.BASE_LR,
+            "momentum": cfg.SOLVER.MOMENTUM,
+        }
     else:
         raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: expected ADAMW or SGD")
     return maybe_add_gradient_clipping(cfg, optim_cls)(groups, **kwargs)
@@ -91,7 +102,9 @@ class _PolyWithFloor(ParamScheduler):
         return max(self.poly(where), self.floor)
 
 
-def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    cfg: CfgNode, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
     """WarmupPolyLR: linear (or constant) warm-up, then (1 - iter/max_iter)^power decay."""
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     if name != "WarmupPolyLR":

@@ -1,19 +1,19 @@
 """Reading video frames and label masks with errors that name the offending file.
 
-Shared by the video mapper, the evaluator and the demo: every failure (missing file,
-corrupt image, wrong mask layout, label values a dataset does not allow) raises an
-exception whose message contains the path, so a bad file in a 3000-video dataset can be
-found without a debugger.
+Shared by the video mapper, the evaluator, the streaming predictor and the demo: every
+failure (missing file, corrupt image, wrong mask layout, label values a dataset does not
+allow, a frame of another size) raises an exception whose message names the file or frame,
+so a bad file in a 3000-video dataset can be found without a debugger.
 """
 
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from detectron2.data import detection_utils as utils
 from PIL import Image
 
-__all__ = ["read_frame", "read_mask", "relabel", "check_same_size"]
+__all__ = ["read_frame", "read_mask", "relabel", "check_same_size", "FrameSizeError"]
 
 
 def _require_file(path: str, what: str) -> None:
@@ -111,11 +111,39 @@ def relabel(
     return labels
 
 
+class FrameSizeError(ValueError):
+    """A frame (or mask) whose size differs from the frame it must match."""
+
+
+def _height_width(array_or_shape: Union[np.ndarray, Sequence[int]]) -> Tuple[int, int]:
+    shape = array_or_shape.shape if isinstance(array_or_shape, np.ndarray) else array_or_shape
+    return int(shape[0]), int(shape[1])
+
+
 def check_same_size(
-    array: np.ndarray, path: str, ref_shape: Sequence[int], ref_path: str, what: str
+    array: Union[np.ndarray, Sequence[int]],
+    name: str,
+    ref_shape: Union[np.ndarray, Sequence[int]],
+    ref_name: str,
+    what: str = "frame",
 ) -> None:
-    """Raise ValueError naming both files when ``array``'s HxW differs from ``ref_shape``."""
-    h, w = array.shape[:2]
-    rh, rw = ref_shape[:2]
+    """Check that two frames (or a mask and its frame) have the same height and width.
+
+    Args:
+        array: the frame/mask to check, or its shape (H, W, ...).
+        name: how the message names it: a path, or "3 of video.mp4" (after ``what``).
+        ref_shape: the reference frame, or its shape (H, W, ...).
+        ref_name: how the message names the reference: a path, "frame 0", ...
+        what: "frame" or "mask"; for frames the message adds that all frames of a video must
+            have the same size.
+
+    Raises:
+        FrameSizeError: ``"<what> <name> has size WxH (WxH) but <ref_name> has size WxH"``.
+    """
+    h, w = _height_width(array)
+    rh, rw = _height_width(ref_shape)
     if (h, w) != (rh, rw):
-        raise ValueError(f"{what} {path} has size {w}x{h} (WxH) but {ref_path} has size {rw}x{rh}")
+        rule = ": all frames of a video must have the same size" if what == "frame" else ""
+        raise FrameSizeError(
+            f"{what} {name} has size {w}x{h} (WxH) but {ref_name} has size {rw}x{rh}{rule}"
+        )

@@ -4,9 +4,11 @@ Classes are compositional, "<colour> <shape>" (6 colours x 6 shapes = 36 classes
 combinations are held out as unseen classes, chosen cyclically over 4 colours and 4 shapes
 so that within the unseen vocabulary every colour and every shape occurs twice (neither
 word alone identifies an unseen class) and every unseen colour/shape also occurs in seen
-classes (SPEC section 8). Raw mask ids: 0 = background ("others", ignored as in VSPW),
-1..28 = seen classes, 29..36 = unseen classes, so the generic VSPW registration
-(seen = the first ``TOY_NUM_SEEN`` raw ids) applies unchanged.
+classes (datasets/README.md, "Toy dataset"). Raw mask ids: 0 = background ("others", ignored
+as in VSPW), 1..28 = seen classes, 29..36 = unseen classes, so the generic VSPW registration
+(seen = the first ``TOY_NUM_SEEN`` raw ids) applies unchanged. The label maps of every
+protocol (``annotations_detectron2/<space>/``) are written by the same code as
+datasets/prepare_vspw.py (:func:`ov2vss.data.label_maps.prepare_vspw`).
 
 Generate with ``python -m ov2vss.data.toy --root datasets/VSPW_toy`` (a few seconds) or
 :func:`generate_toy_dataset`. Frames and masks are drawn from the same per-object pixel
@@ -24,14 +26,23 @@ import numpy as np
 # The class design lives with the registration (which must not import this module: running
 # `python -m ov2vss.data.toy` would otherwise execute it twice).
 from .datasets.register_vspw_toy import TOY_CLASS_NAMES, TOY_COLORS, TOY_NUM_SEEN, TOY_SHAPES
+from .label_maps import LABEL_MAP_DIR, prepare_vspw
 
 # the class constants are re-exported: the toy data is used through this module
 __all__ = ["TOY_CLASS_NAMES", "TOY_NUM_SEEN", "TOY_COLORS", "TOY_SHAPES", "TOY_MARKER"]
 __all__ += ["toy_class_color", "draw_shape_mask", "generate_toy_dataset", "main"]
 
 TOY_MARKER = ".ov2vss_toy_complete.json"  # written last; holds the generation parameters
-_FORMAT_VERSION = 2
-_OWNED = ("data", "train.txt", "val.txt", "test.txt", "label_num_dic_final.json", TOY_MARKER)
+_FORMAT_VERSION = 3  # 3: label maps under annotations_detectron2/
+_OWNED = (
+    "data",
+    LABEL_MAP_DIR,
+    "train.txt",
+    "val.txt",
+    "test.txt",
+    "label_num_dic_final.json",
+    TOY_MARKER,
+)
 
 
 def toy_class_color(name: str) -> Tuple[int, int, int]:
@@ -230,7 +241,8 @@ def _check_params(p: dict) -> None:
         n = p[f"num_{split}_videos"]
         if n and n * (ohi - 1) < unseen:
             raise ValueError(
-                f"{n} {split} videos with at most {ohi} objects cannot show all {unseen} unseen classes "
+                f"{n} {split} videos with at most {ohi} objects cannot show all {unseen} unseen "
+                "classes "
                 f"next to a seen one; use more videos or a larger objects_per_video"
             )
     if not 0.0 <= p["unseen_in_train_prob"] <= 1.0:
@@ -257,6 +269,10 @@ def _generate(target: str, p: dict) -> None:
             f.write("\n".join(names) + "\n")
     with open(os.path.join(target, "label_num_dic_final.json"), "w", encoding="utf-8") as f:
         json.dump({"others": 0, **{n: i + 1 for i, n in enumerate(TOY_CLASS_NAMES)}}, f, indent=1)
+    splits = [s for s in ("train", "val", "test") if p[f"num_{s}_videos"]]
+    report = prepare_vspw(target, splits, TOY_CLASS_NAMES, TOY_NUM_SEEN)
+    if report.problems:  # a generator bug: the masks are drawn with valid ids only
+        raise RuntimeError("toy label maps: " + "; ".join(report.problems[:3]))
     with open(os.path.join(target, TOY_MARKER), "w", encoding="utf-8") as f:
         json.dump(p, f, indent=1)
 
@@ -272,7 +288,8 @@ def generate_toy_dataset(
     objects_per_video: Tuple[int, int] = (2, 4),
     unseen_in_train_prob: float = 0.1,
 ) -> None:
-    """Write the toy dataset in the VSPW_480p layout under ``root`` (deterministic in ``seed``).
+    """Write the toy dataset in the VSPW_480p layout under ``root`` (deterministic in ``seed``),
+    with the label maps of every protocol (``annotations_detectron2/{seen,unseen,all}/``).
 
     Idempotent: does nothing when ``root`` already holds a toy dataset generated with the same
     parameters; regenerates it when they differ. Refuses to overwrite a non-empty directory
@@ -312,7 +329,8 @@ def generate_toy_dataset(
         and (not os.path.isdir(root) or os.listdir(root))
     ):
         raise FileExistsError(
-            f"{root} exists and was not written by the toy generator (no {TOY_MARKER}); refusing to overwrite it"
+            f"{root} exists and was not written by the toy generator (no {TOY_MARKER}); "
+            "refusing to overwrite it"
         )
 
     tmp = f"{root}.tmp-{os.getpid()}"
@@ -363,7 +381,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         unseen_in_train_prob=args.unseen_in_train_prob,
     )
     print(
-        f"toy dataset ready in {args.root}: {TOY_NUM_SEEN} seen + {len(TOY_CLASS_NAMES) - TOY_NUM_SEEN} unseen classes"
+        f"toy dataset ready in {args.root}: {TOY_NUM_SEEN} seen + "
+        f"{len(TOY_CLASS_NAMES) - TOY_NUM_SEEN} unseen classes"
     )
 
 

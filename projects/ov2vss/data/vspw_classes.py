@@ -1,7 +1,7 @@
 """VSPW class names (read from the shipped official ``label_num_dic_final.json``).
 
 The json maps every name to its raw mask value: ``"others": 0`` and the 124 classes
-``1..124``. Seen classes are raw ids 1..80, unseen classes 81..124 (SPEC section 2/7).
+``1..124``. Seen classes are raw ids 1..80, unseen classes 81..124 (paper IV-C).
 The file is read on first use only (not at import), through ``importlib.resources`` so that
 it also works from an installed wheel.
 """

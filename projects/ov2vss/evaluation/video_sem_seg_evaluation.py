@@ -2,8 +2,11 @@
 split of the open-vocabulary protocol, and VSPW's video consistency (VC_n).
 
 A sibling of detectron2's :class:`~detectron2.evaluation.SemSegEvaluator` with the same
-``reset/process/evaluate`` interface. Ground truth is read from the dataset records at the
-original resolution and relabelled through the metadata's ``label_lut`` (SPEC section 4).
+``reset/process/evaluate`` interface. The ground truth is what the stock evaluator reads: each
+record's ``sem_seg_file_name``, a label map already in the dataset's label space (written by
+datasets/prepare_vspw.py for VSPW), at the original resolution. Video consistency follows
+VSPW's ``VC_perclip.py`` and uses the raw masks (``raw_sem_seg_file_name``); see README.md,
+"Metrics".
 """
 
 import json
@@ -34,9 +37,9 @@ class _FrameMaps(NamedTuple):
     VSPW split (~24.5k frames of 480x853) fits in memory and can be gathered cheaply."""
 
     file_name: str
-    gt_file: str
+    gt_file: str  # the mask that ``gt`` holds (the raw mask when the record has one)
     shape: Tuple[int, int]
-    gt: Optional[bytes]  # relabelled ground truth (label ids, ignore label included)
+    gt: Optional[bytes]  # ground truth of the video consistency: raw mask values
     pred: Optional[bytes]  # argmax prediction
 
 
@@ -54,15 +57,24 @@ class VideoSemSegEvaluator(DatasetEvaluator):
     * ``mIoU-seen`` / ``mIoU-unseen``: mIoU over the metadata's ``seen_classes`` /
       ``unseen_classes`` present in the GT; ``hIoU`` = 2su / (s + u) when both groups are
       non-empty. When only one group is non-empty only its mean is reported.
-    * ``mVC<n>`` for each window ``n`` of ``vc_windows``: VSPW's VC_perclip. Per video, frames
-      sorted by ``frame_index``; for every window start ``i in range(len - n)``,
+    * ``mVC<n>`` for each window ``n`` of ``vc_windows``: VSPW's ``VC_perclip.py``. Per video,
+      frames sorted by ``frame_index``; for every window start ``i in range(len - n)``,
       ``G = AND_{j<n} (GT_i == GT_{i+j})``, ``P = AND_{j<n} (Pred_i == Pred_{i+j})`` and
-      ``VC = |G & P| / |G|``. Windows with ``|G| = 0`` are left out; the score is the mean over
-      all windows of all videos, NaN (with a warning) when there is no window. As in VSPW's
-      reference script, no pixel is filtered out by the ignore label.
+      ``VC = |G & P| / |G|``. Windows with ``|G| = 0`` (NaN in the script) are left out; the
+      score is the mean over all windows of all videos (the script's ``nanmean`` of every
+      window's value, not a mean of per-video means), NaN (with a warning) when there is no
+      window. As in the script, GT is the *raw* mask (``raw_sem_seg_file_name``; the label
+      map where a record has none) and no pixel is filtered out: a pixel whose raw value flips
+      between 0 ("others") and 255 ("void") changes. Pred is the argmax in the dataset's
+      label space; only equality across frames enters, so its ids need not be raw ids.
 
-    The confusion matrix (over pixels whose GT is not the ignore label) is accumulated in
-    :meth:`process`; for VC each frame's GT and prediction maps are kept zlib-compressed.
+    Ground truth (label ids in ``[0, C)`` or the ignore label) is read from each record's
+    ``sem_seg_file_name``, exactly as detectron2's SemSegEvaluator reads it. The metadata's
+    ``label_lut`` (raw value -> label id), when present, validates the raw masks: a raw value
+    it does not allow, or a label map that disagrees with its raw mask (a stale label map),
+    is an error naming the files. The confusion matrix (over pixels whose GT is not the ignore
+    label) is accumulated in :meth:`process`; for VC each frame's raw GT and prediction maps
+    are kept zlib-compressed.
     Under DDP, :meth:`evaluate` gathers the state on the main process, which computes the
     metrics; the other processes return None.
 
@@ -82,8 +94,10 @@ class VideoSemSegEvaluator(DatasetEvaluator):
         """
         Args:
             dataset_name: a registered dataset following the project's conventions (records
-                with ``file_name``/``sem_seg_file_name``/``video_id``/``frame_index``; metadata
-                with ``stuff_classes``, ``label_lut``, ``seen_classes``/``unseen_classes``).
+                with ``file_name``/``sem_seg_file_name`` (label map)/``video_id``/
+                ``frame_index``, optionally ``raw_sem_seg_file_name``; metadata with
+                ``stuff_classes``, ``seen_classes``/``unseen_classes``, optionally
+                ``label_lut``).
             distributed: gather results from all processes and compute on the main one.
             output_dir: where ``metrics.json`` (and, with ``dump_predictions``,
                 ``sem_seg_predictions.json``) is written; None writes nothing.
@@ -108,8 +122,11 @@ class VideoSemSegEvaluator(DatasetEvaluator):
                 "per-class metric keys would collide"
             )
         self._ignore_label = int(meta.get("ignore_label", 255))
-        # Without a label_lut the mask values are taken as label ids (checked against C).
-        self._label_lut = meta.get("label_lut", None)
+        # raw value -> label id; only used to validate raw masks against their label maps
+        lut = meta.get("label_lut", None)
+        self._label_lut = None if lut is None else np.asarray(lut, dtype=np.int64)
+        if self._label_lut is not None and self._label_lut.shape != (256,):
+            raise ValueError(f"label_lut of '{dataset_name}' must have 256 entries, got {len(lut)}")
         self._seen = _class_group(meta, "seen_classes", self._num_classes, dataset_name)
         self._unseen = _class_group(meta, "unseen_classes", self._num_classes, dataset_name)
         self._dataset_id_of = None
@@ -158,14 +175,19 @@ class VideoSemSegEvaluator(DatasetEvaluator):
                 raise ValueError(_duplicate_message(key, self._frames[key].file_name, file_name))
 
             pred = self._prediction(out, file_name)
+            # the label map holds label ids: no relabelling, only the range check
             gt = relabel(
                 read_mask(gt_file),
-                self._label_lut,
+                None,
                 gt_file,
                 num_classes=self._num_classes,
                 ignore_label=self._ignore_label,
             )
             check_same_size(gt, gt_file, pred.shape, f"the prediction for {file_name}", "mask")
+            vc_file, vc_gt = gt_file, None
+            if self._vc_windows:
+                vc_file = record.get("raw_sem_seg_file_name") or gt_file
+                vc_gt = gt if vc_file == gt_file else self._raw_mask(vc_file, gt, gt_file)
 
             valid = gt != self._ignore_label
             flat = self._num_classes * gt[valid] + pred[valid]
@@ -174,10 +196,10 @@ class VideoSemSegEvaluator(DatasetEvaluator):
             )
             self._frames[key] = _FrameMaps(
                 file_name,
-                gt_file,
+                vc_file,
                 tuple(gt.shape),
-                self._compress(gt) if self._vc_windows else None,
-                self._compress(pred) if self._keep_maps else None,
+                _compress(vc_gt, self._map_dtype) if self._vc_windows else None,
+                _compress(pred, self._map_dtype) if self._keep_maps else None,
             )
 
     def evaluate(self) -> Optional["OrderedDict[str, Dict[str, float]]"]:
@@ -228,12 +250,20 @@ class VideoSemSegEvaluator(DatasetEvaluator):
             )
         return scores.argmax(dim=0).to(self._cpu_device).numpy().astype(np.int64)
 
-    def _compress(self, label_map: np.ndarray) -> bytes:
-        # level 1: label maps are mostly flat regions, higher levels barely help and cost time
-        return zlib.compress(np.ascontiguousarray(label_map, dtype=self._map_dtype).tobytes(), 1)
-
-    def _decompress(self, data: bytes, shape: Tuple[int, int]) -> np.ndarray:
-        return np.frombuffer(zlib.decompress(data), dtype=self._map_dtype).reshape(shape)
+    def _raw_mask(self, raw_file: str, labels: np.ndarray, label_file: str) -> np.ndarray:
+        """The raw mask of a frame, checked against its label map through ``label_lut``."""
+        raw = read_mask(raw_file)
+        check_same_size(raw, raw_file, labels.shape, label_file, "raw mask")
+        if self._label_lut is not None:
+            expected = relabel(raw, self._label_lut, raw_file)  # raises on raw values not allowed
+            differ = int(np.count_nonzero(expected != labels))
+            if differ:
+                raise ValueError(
+                    f"label map {label_file} disagrees with its raw mask {raw_file} at {differ} "
+                    "pixel(s) under the dataset's label_lut: the label maps are stale, write "
+                    "them again (datasets/README.md)"
+                )
+        return raw
 
     def _segmentation_metrics(
         self, conf: np.ndarray
@@ -325,8 +355,8 @@ class VideoSemSegEvaluator(DatasetEvaluator):
         if index not in cache:
             maps = clip[index]
             cache[index] = (
-                self._decompress(maps.gt, maps.shape),
-                self._decompress(maps.pred, maps.shape),
+                _decompress(maps.gt, maps.shape, self._map_dtype),
+                _decompress(maps.pred, maps.shape, self._map_dtype),
             )
         return cache[index]
 
@@ -337,7 +367,7 @@ class VideoSemSegEvaluator(DatasetEvaluator):
         entries = []
         for key in sorted(frames):
             maps = frames[key]
-            pred = self._decompress(maps.pred, maps.shape)
+            pred = _decompress(maps.pred, maps.shape, self._map_dtype)
             for label in np.unique(pred).tolist():
                 rle = mask_util.encode(
                     np.asfortranarray((pred == label)[:, :, None], dtype=np.uint8)
@@ -349,6 +379,15 @@ class VideoSemSegEvaluator(DatasetEvaluator):
                 )
         with PathManager.open(os.path.join(self._output_dir, "sem_seg_predictions.json"), "w") as f:
             json.dump(entries, f)
+
+
+def _compress(label_map: np.ndarray, dtype) -> bytes:
+    # level 1: label maps are mostly flat regions, higher levels barely help and cost time
+    return zlib.compress(np.ascontiguousarray(label_map, dtype=dtype).tobytes(), 1)
+
+
+def _decompress(data: bytes, shape: Tuple[int, int], dtype) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(data), dtype=dtype).reshape(shape)
 
 
 def _check_windows(vc_windows: Sequence[int]) -> Tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Class-count-agnostic prediction head (paper Eqs. 12-15, SPEC section 3).
+"""Class-count-agnostic prediction head (paper Eqs. 12-15; README "Design decisions").
 
 Every (class, pixel) pair is scored from that class's cost-volume slice joined with the pixel
 features, so the same weights serve any vocabulary size:
@@ -10,8 +10,11 @@ Cost notes: both Linear layers act on a concatenation, so each is split into a p
 and a per-pixel part that is computed once and broadcast over classes; decoding happens at
 `decoder_stride` and the logits are upsampled. No N x (C' + C) x H x W tensor is built at full
 resolution. No normalisation layer runs inside the per-class branch: normalising each class
-slice on its own would erase how strongly that class matches, which is the signal.
+slice on its own would erase how strongly that class matches, which is the signal. Classes are
+decoded ``class_chunk`` at a time (each class is independent of the others), so memory does not
+grow with the vocabulary beyond the [B, N, h, w] logits.
 """
+
 import math
 from typing import Tuple
 
@@ -31,12 +34,18 @@ class OpenVocabularyHead(nn.Module):
         pos_dim: int = 32,
         decoder_dim: int = 64,
         temperature_init: float = 0.07,
+        class_chunk: int = 64,
     ):
         super().__init__()
+        if class_chunk < 1:
+            raise ValueError(f"MODEL.OV2VSS.CLASS_CHUNK={class_chunk}: must be >= 1")
+        self.class_chunk = class_chunk
         # learnable sharpness of the cosine cost volume (CLIP-style logit scale)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
         self.cost_conv = nn.Sequential(
-            nn.Conv2d(1, cost_dim, 7, padding=3), nn.GELU(), nn.Conv2d(cost_dim, cost_dim, 3, padding=1)
+            nn.Conv2d(1, cost_dim, 7, padding=3),
+            nn.GELU(),
+            nn.Conv2d(cost_dim, cost_dim, 3, padding=1),
         )
         self.pos_proj = nn.Conv2d(pos_in_channels, pos_dim, 1)
         # Eq. 13's Linear on Concat[X~, U^1], split into its two halves
@@ -56,12 +65,25 @@ class OpenVocabularyHead(nn.Module):
         self, cost: torch.Tensor, u1: torch.Tensor, o_hat: torch.Tensor, size: Tuple[int, int]
     ) -> torch.Tensor:
         """cost X [B, N, h, w]; u1 [B, C1, ., .]; o_hat [B, C, ., .] -> logits [B, N, *size]."""
-        bsz, num_classes = cost.shape[:2]
-        x = self.cost_conv(cost.reshape(bsz * num_classes, 1, *cost.shape[-2:]) * self.log_scale.exp())
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        # the per-pixel halves of Eqs. 13-14, computed once for every class
         pos = self.pos_in(self.pos_proj(F.adaptive_avg_pool2d(u1, size)))  # [B, C', h, w]
+        o_hat = F.interpolate(o_hat, size=size, mode="bilinear", align_corners=False)
+        temporal = self.dec_temporal(o_hat)
+        num_classes = cost.shape[1]
+        if num_classes <= self.class_chunk:
+            return self._decode_classes(cost, pos, temporal, size)
+        chunks = cost.split(self.class_chunk, dim=1)
+        return torch.cat([self._decode_classes(c, pos, temporal, size) for c in chunks], dim=1)
+
+    def _decode_classes(
+        self, cost: torch.Tensor, pos: torch.Tensor, temporal: torch.Tensor, size: Tuple[int, int]
+    ) -> torch.Tensor:
+        bsz, num_classes = cost.shape[:2]
+        x = self.cost_conv(
+            cost.reshape(bsz * num_classes, 1, *cost.shape[-2:]) * self.log_scale.exp()
+        )
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         x = self.cost_in(x).view(bsz, num_classes, -1, *size) + pos.unsqueeze(1)  # X^ (Eq. 13)
-        temporal = self.dec_temporal(F.interpolate(o_hat, size=size, mode="bilinear", align_corners=False))
         x = self.dec_cost(x.flatten(0, 1)).view(bsz, num_classes, -1, *size) + temporal.unsqueeze(1)
         return self.decoder(x.flatten(0, 1)).view(bsz, num_classes, *size)
 

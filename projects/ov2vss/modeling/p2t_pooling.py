@@ -6,6 +6,7 @@ Every scale thus yields the same number P of tokens, and token p refers to the s
 at every scale, which is what lets STCF add attention maps across scales (Eq. 5) and keeps
 attention at HW x P instead of HW x HW.
 """
+
 from typing import Sequence
 
 import torch
@@ -19,7 +20,9 @@ class P2TPooling(nn.Module):
     def __init__(self, channels: int, pool_sizes: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
         if not pool_sizes or any(int(s) < 1 for s in pool_sizes):
-            raise ValueError(f"MODEL.OV2VSS.POOL_SIZES must be positive grid sizes, got {pool_sizes}")
+            raise ValueError(
+                f"MODEL.OV2VSS.POOL_SIZES must be positive grid sizes, got {pool_sizes}"
+            )
         self.pool_sizes = tuple(int(s) for s in pool_sizes)
         self.dw_convs = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=1, groups=channels) for _ in self.pool_sizes

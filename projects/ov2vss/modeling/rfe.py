@@ -6,6 +6,7 @@ L_d = Conv(D_random) and region features L_r = softmax(L_d) D_random, OCR-style 
 then multi-head cross-attention with Q = FC(O_t), K = V = FC(L_r) gives
 O^_t = O_t + softmax(Q K^T / sqrt(C)) V (Eq. 10, with a residual and LayerNorm).
 """
+
 from typing import Sequence
 
 import torch

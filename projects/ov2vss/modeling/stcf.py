@@ -1,6 +1,6 @@
 """STCF: Spatial-Temporal Context Fusion (paper III-A, Eqs. 3-7).
 
-Gradual fusion over the clip t-k_1 -> ... -> t-k_n -> t at every backbone scale l:
+Gradual fusion over the window t-k_1 -> ... -> t-k_n -> t at every backbone scale l:
 D_past starts as the P2T-pooled feature of the first frame (Eq. 2); for each next frame,
 Q = FC(U), K = FC(D_past), V = FC(D_past) (Eq. 3), A = softmax(Q K^T / sqrt(c)) and
 N = A V (Eq. 4), and D_past <- f(N) (pooled again, so keys stay P tokens: attention is
@@ -11,6 +11,7 @@ features by channel concatenation + Linear ("concat") or element-wise addition (
 "fusing strategy" ablation of Table III. The auxiliary loss of Eq. 7 is applied by the
 meta-architecture on the returned feature.
 """
+
 from typing import List, Sequence
 
 import torch
@@ -21,7 +22,7 @@ from .p2t_pooling import P2TPooling
 
 
 class SpatialTemporalContextFusion(nn.Module):
-    """Fuse a clip's multi-scale features into the target frame's features O_t.
+    """Fuse a window's multi-scale features into the target frame's features O_t.
 
     Args:
         dim: channel width C of every (already projected) scale.
@@ -81,15 +82,17 @@ class SpatialTemporalContextFusion(nn.Module):
                 b = self.aggregate[s](up + a)
             values = v
         target = feats[0]
-        o_t = (b.flatten(2).transpose(1, 2) @ values)  # [B, H_1 W_1, C]
+        o_t = b.flatten(2).transpose(1, 2) @ values  # [B, H_1 W_1, C]
         own = target.flatten(2).transpose(1, 2)
         fused = self.fuse(torch.cat([own, o_t], dim=-1)) if self.fuse is not None else own + o_t
         return self.norm(fused).transpose(1, 2).reshape(target.shape)
 
-    def forward(self, clip_feats: List[List[torch.Tensor]], first_pooled: List[torch.Tensor]) -> torch.Tensor:
-        """clip_feats[i][l]: frame i's projected scale-l map [B, C, H_l, W_l], target last;
+    def forward(
+        self, window_feats: List[List[torch.Tensor]], first_pooled: List[torch.Tensor]
+    ) -> torch.Tensor:
+        """window_feats[i][l]: frame i's projected scale-l map [B, C, H_l, W_l], target last;
         first_pooled[l]: f(U^l) of frame 0 [B, P, C]. Returns O_t [B, C, H_1, W_1]."""
         past = list(first_pooled)
-        for frame_feats in clip_feats[1:-1]:
+        for frame_feats in window_feats[1:-1]:
             past = self.step(frame_feats, past)
-        return self.finish(clip_feats[-1], past)
+        return self.finish(window_feats[-1], past)

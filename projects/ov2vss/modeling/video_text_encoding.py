@@ -1,19 +1,22 @@
 """VTE: Video Text Encoding (paper III-C, Eqs. 11-12).
 
-Class text embeddings F^T are refined by the clip's dense CLIP image features F^V:
+Class text embeddings F^T are refined by the window's dense CLIP image features F^V:
 F^T_bar = F^T + MHSA(F^T, F^V) (Eq. 11), followed by a residual FFN (Table III: MHSA + FFN is
 better than MHSA alone). The residual branches start at zero, so training begins from CLIP's
 own text embeddings — the property zero-shot transfer relies on. The cost volume is the cosine
-similarity X = cos(F^T_bar, F^V) in N x H x W (Eq. 12).
+similarity X = cos(F^T_bar, F^V) in N x H x W (Eq. 12). Each class attends to the visual tokens
+on its own, so classes are refined ``class_chunk`` at a time (bounded memory, same result).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 class VideoTextEncoder(nn.Module):
-    def __init__(self, dim: int, num_heads: int = 8, use_ffn: bool = True):
+    def __init__(self, dim: int, num_heads: int = 8, use_ffn: bool = True, class_chunk: int = 64):
         super().__init__()
+        self.class_chunk = class_chunk
         self.norm_text = nn.LayerNorm(dim)
         self.norm_visual = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
@@ -32,6 +35,11 @@ class VideoTextEncoder(nn.Module):
         if text.dim() == 2:
             text = text.unsqueeze(0).expand(visual.shape[0], -1, -1)
         kv = self.norm_visual(visual)
+        if text.shape[1] <= self.class_chunk:
+            return self._refine(text, kv)
+        return torch.cat([self._refine(t, kv) for t in text.split(self.class_chunk, dim=1)], dim=1)
+
+    def _refine(self, text: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         text = text + self.attn(self.norm_text(text), kv, kv, need_weights=False)[0]
         if self.ffn is not None:
             text = text + self.ffn(text)

@@ -2,22 +2,28 @@
 
 Layout under ``$DETECTRON2_DATASETS/cityscapes`` (see datasets/README.md)::
 
-    leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png   30-frame snippets
-    gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelTrainIds.png        19 train ids, 255
+    leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png
+                                                     30-frame snippets
+    gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelTrainIds.png
+                                                     19 train ids, 255 = ignore
 
 Only the 20th frame of each snippet is annotated. One record per ground-truth file; its
 snippet (frames f-19 .. f+10) is built by frame-number arithmetic, so frame files are not
-listed here (the mapper reports a missing one by name).
+listed here (the mapper reports a missing one by name). ``sem_seg_file_name`` is the
+``*_labelTrainIds.png`` file, already in the label space of ``stuff_classes`` (19 train ids,
+255 ignored), so detectron2's stock mapper and evaluator read correct labels; there are no
+other raw ids to keep (no ``raw_sem_seg_file_name``).
 Registered: ``cityscapes_video_train``, ``cityscapes_video_val`` (vocabulary = the 19 train-id
 names; ``novel_classes`` = classes without a counterpart among the VSPW seen classes).
 """
 
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
 from .register_vspw import IGNORE_LABEL, VideoFrameList, read_image_size, register_dataset
+from .root import datasets_root as default_datasets_root
 
 __all__ = [
     "CITYSCAPES_CLASS_NAMES",
@@ -31,7 +37,7 @@ __all__ = [
     "register_all_cityscapes_video",
 ]
 
-# train ids 0..18 (SPEC section 7)
+# train ids 0..18 (the trainId order of cityscapesscripts' labels.py)
 CITYSCAPES_CLASS_NAMES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -127,7 +133,8 @@ def load_cityscapes_video(root: str, split: str) -> List[dict]:
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(
-            f"Cityscapes root {root} does not exist (see {_README}; the root is read from $DETECTRON2_DATASETS)"
+            f"Cityscapes root {root} does not exist (see {_README}; the root is read from "
+            "$DETECTRON2_DATASETS)"
         )
     gt_root = os.path.join(root, "gtFine", split)
     image_root = os.path.join(root, "leftImg8bit_sequence", split)
@@ -142,7 +149,8 @@ def load_cityscapes_video(root: str, split: str) -> List[dict]:
             m = _GT_PATTERN.match(gt)
             if m is None or m["city"] != city:
                 raise ValueError(
-                    f"unexpected Cityscapes file name {os.path.join(gt_dir, gt)}: expected {city}_SSSSSS_FFFFFF{_GT_SUFFIX}"
+                    f"unexpected Cityscapes file name {os.path.join(gt_dir, gt)}: expected "
+                    f"{city}_SSSSSS_FFFFFF{_GT_SUFFIX}"
                 )
             seq, frame = int(m["seq"]), int(m["frame"])
             first = max(0, frame - SNIPPET_FRAMES_BEFORE)
@@ -166,7 +174,8 @@ def load_cityscapes_video(root: str, split: str) -> List[dict]:
             )
     if not records:
         raise FileNotFoundError(
-            f"no *{_GT_SUFFIX} file under {gt_root}; create them with datasets/prepare_cityscapes_video.py "
+            f"no *{_GT_SUFFIX} file under {gt_root}; create them with "
+            "datasets/prepare_cityscapes_video.py "
             f"or cityscapesscripts' createTrainIdLabelImgs (see {_README})"
         )
     return records
@@ -187,15 +196,17 @@ def register_cityscapes_video(name: str, root: str, split: str, overwrite: bool 
     )
 
 
-def register_all_cityscapes_video(datasets_root: str) -> List[str]:
-    """Register ``cityscapes_video_{train,val}`` under ``datasets_root/cityscapes``."""
+def register_all_cityscapes_video(
+    datasets_root: Optional[str] = None, overwrite: bool = False
+) -> List[str]:
+    """Register ``cityscapes_video_{train,val}`` under ``datasets_root/cityscapes`` (default
+    :func:`~ov2vss.data.datasets.root.datasets_root`); ``overwrite`` replaces them."""
+    root = os.path.join(datasets_root or default_datasets_root(), "cityscapes")
     names = []
     for split in ("train", "val"):
-        register_cityscapes_video(
-            f"cityscapes_video_{split}", os.path.join(datasets_root, "cityscapes"), split
-        )
+        register_cityscapes_video(f"cityscapes_video_{split}", root, split, overwrite=overwrite)
         names.append(f"cityscapes_video_{split}")
     return names
 
 
-register_all_cityscapes_video(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all_cityscapes_video()

@@ -1,26 +1,43 @@
 """Registration of VSPW (480p release) and of any dataset stored in the same layout.
 
-Layout under ``root`` (SPEC section 2; see datasets/README.md)::
+Layout under ``root`` (see datasets/README.md)::
 
     train.txt, val.txt, test.txt       one video name per line
     data/<video>/origin/<frame>.jpg    every frame of the video
     data/<video>/mask/<frame>.png      annotation of (some of) the frames; raw values 0..N, 255
+    annotations_detectron2/<space>/<video>/<frame>.png
+                                       label maps written by datasets/prepare_vspw.py
+                                       (space: seen, unseen or all; see ov2vss.data.label_maps)
 
 Registered for VSPW (root ``$DETECTRON2_DATASETS/VSPW_480p``): ``vspw_train_seen``,
 ``vspw_{val,test}_{unseen,seen,all}``. Registration never touches the disk; files are listed
-when ``DatasetCatalog.get(name)`` is first called. Ground truth is relabelled on the fly by
-the mapper/evaluator through the metadata's ``label_lut`` (raw value -> label id).
+when ``DatasetCatalog.get(name)`` is first called. Each record's ``sem_seg_file_name`` is the
+label map of its protocol's label space (ids 0..len(stuff_classes)-1, 255 elsewhere), as
+detectron2's stock mapper and evaluator expect; ``raw_sem_seg_file_name`` is the raw mask,
+for what needs the original ids (INPUT.MASK_UNSEEN_PIXELS, VSPW's video consistency). A
+missing label map is an error naming the file and the prepare command.
 """
 
 import collections
 import os
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from ..label_maps import (
+    IGNORE_LABEL,
+    LABEL_SPACES,
+    SPLIT_PROTOCOLS,
+    label_map_path,
+    label_map_root,
+    label_space_of,
+    protocol_lut,
+    protocols_of_split,
+)
 from ..vspw_classes import VSPW_NUM_SEEN, class_name_to_text, get_vspw_class_names
+from .root import datasets_root as default_datasets_root
 
 __all__ = [
     "VideoFrameList",
@@ -30,19 +47,17 @@ __all__ = [
     "load_vspw_video",
     "load_vspw_split",
     "read_split_file",
+    "default_prepare_command",
     "register_dataset",
     "register_vspw_split",
     "register_vspw_family",
     "register_all_vspw",
     "SPLIT_PROTOCOLS",
     "PROTOCOLS",
+    "IGNORE_LABEL",
 ]
 
-IGNORE_LABEL = 255
-PROTOCOLS = ("seen", "unseen", "all")
-# Training data is only used with the seen vocabulary; evaluation splits get all three protocols.
-SPLIT_PROTOCOLS: Dict[str, Sequence[str]] = {"train": ("seen",)}
-_EVAL_PROTOCOLS = ("unseen", "seen", "all")
+PROTOCOLS = LABEL_SPACES  # each protocol has its own label space
 _README = "datasets/README.md"
 
 
@@ -92,7 +107,9 @@ def vspw_protocol_metadata(
 
     Raw mask value r in 1..N is class ``class_names[r - 1]``; raw ids 1..num_seen are seen,
     the rest unseen; raw 0 ("others") and 255 ("void") are ignored; any other raw value is
-    not allowed (lut -1).
+    not allowed (lut -1). ``label_lut`` documents how the protocol's label maps were made
+    from the raw masks (datasets/prepare_vspw.py); the mapper and evaluator read the label
+    maps, not the lut.
 
     Args:
         class_names: the N class names in raw-id order.
@@ -104,12 +121,7 @@ def vspw_protocol_metadata(
         dict with stuff_classes, class_texts, label_lut, seen_classes, unseen_classes.
     """
     num = len(class_names)
-    if not 0 < num <= 254:
-        raise ValueError(f"a VSPW-layout dataset needs 1..254 classes, got {num}")
-    if not 0 <= num_seen <= num:
-        raise ValueError(f"num_seen={num_seen} must lie in [0, {num}]")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    lut = protocol_lut(num, num_seen, protocol)  # checks num, num_seen and protocol
     texts = (
         [class_name_to_text(n) for n in class_names] if class_texts is None else list(class_texts)
     )
@@ -119,10 +131,6 @@ def vspw_protocol_metadata(
     first_raw, last_raw = {"seen": (1, num_seen), "unseen": (num_seen + 1, num), "all": (1, num)}[
         protocol
     ]
-    lut = [-1] * 256
-    lut[0] = lut[IGNORE_LABEL] = IGNORE_LABEL
-    for raw in range(1, num + 1):
-        lut[raw] = raw - first_raw if first_raw <= raw <= last_raw else IGNORE_LABEL
     vocab = list(range(first_raw - 1, last_raw))  # indices into class_names
     # seen/unseen are indices into this protocol's vocabulary
     seen = [i for i, c in enumerate(vocab) if c < num_seen]
@@ -143,13 +151,51 @@ def _list_files(directory: str, suffix: str) -> List[str]:
     )
 
 
-def load_vspw_video(root: str, video: str, listed_in: str = "the split file") -> List[dict]:
+def default_prepare_command(root: str) -> str:
+    """The command that writes the label maps of a VSPW tree."""
+    return f"python datasets/prepare_vspw.py --root {root}"
+
+
+def _check_label_maps(
+    records: List[dict], video: str, space_dir: str, prepare_command: str
+) -> None:
+    """Every record's label map exists (one directory listing per video, nothing decoded)."""
+    video_dir = os.path.join(space_dir, video)
+    present = set(os.listdir(video_dir)) if os.path.isdir(video_dir) else set()
+    missing = [
+        r["sem_seg_file_name"]
+        for r in records
+        if os.path.basename(r["sem_seg_file_name"]) not in present
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"label map {missing[0]} does not exist ({len(missing)} of {len(records)} label "
+            f"maps of video {video!r} missing); write the label maps with `{prepare_command}` "
+            f"(see {_README})"
+        )
+
+
+def load_vspw_video(
+    root: str,
+    video: str,
+    listed_in: str = "the split file",
+    label_space: Optional[str] = None,
+    prepare_command: Optional[str] = None,
+) -> List[dict]:
     """Records of one video of a VSPW-layout dataset (one per mask, in frame order).
 
     Args:
         root: dataset root.
         video: video name (a directory under ``root/data``).
         listed_in: where the video name came from, quoted in errors.
+        label_space: "seen", "unseen" or "all": ``sem_seg_file_name`` is the label map of
+            that space, which must exist. None: only the raw masks are listed (no
+            ``sem_seg_file_name``), as the prepare step needs.
+        prepare_command: quoted when a label map is missing
+            (default :func:`default_prepare_command`).
+    Returns:
+        records ``{"file_name", "raw_sem_seg_file_name", "video_id", "frame_index",
+        "video_frames", "height", "width"}`` plus ``sem_seg_file_name`` with a label space.
     """
     frame_dir = os.path.join(root, "data", video, "origin")
     mask_dir = os.path.join(root, "data", video, "mask")
@@ -175,13 +221,16 @@ def load_vspw_video(root: str, video: str, listed_in: str = "the split file") ->
         stem = os.path.splitext(mask)[0]
         if stem not in index:
             raise FileNotFoundError(
-                f"mask {os.path.join(mask_dir, mask)} has no matching frame {os.path.join(frame_dir, stem + '.jpg')}"
+                f"mask {os.path.join(mask_dir, mask)} has no matching frame "
+                f"{os.path.join(frame_dir, stem + '.jpg')}"
             )
         i = index[stem]
-        records.append(
+        record = {"file_name": video_frames[i]}
+        if label_space is not None:
+            record["sem_seg_file_name"] = label_map_path(root, label_space, video, mask)
+        record.update(
             {
-                "file_name": video_frames[i],
-                "sem_seg_file_name": os.path.join(mask_dir, mask),
+                "raw_sem_seg_file_name": os.path.join(mask_dir, mask),
                 "video_id": video,
                 "frame_index": i,
                 "video_frames": video_frames,
@@ -189,14 +238,24 @@ def load_vspw_video(root: str, video: str, listed_in: str = "the split file") ->
                 "width": width,
             }
         )
+        records.append(record)
+    if label_space is not None:
+        _check_label_maps(
+            records,
+            video,
+            label_map_root(root, label_space),
+            prepare_command or default_prepare_command(root),
+        )
     return records
 
 
 def read_split_file(root: str, split: str, hint: str = f"see {_README}") -> Tuple[str, List[str]]:
-    """Path of ``root/{split}.txt`` and the video names it lists (checked: present, non-empty, unique)."""
+    """Path of ``root/{split}.txt`` and the video names it lists (checked: present, non-empty,
+    unique)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(
-            f"dataset root {root} does not exist ({hint}; the root is read from $DETECTRON2_DATASETS)"
+            f"dataset root {root} does not exist ({hint}; the root is read from "
+            "$DETECTRON2_DATASETS)"
         )
     split_file = os.path.join(root, f"{split}.txt")
     if not os.path.isfile(split_file):
@@ -211,21 +270,39 @@ def read_split_file(root: str, split: str, hint: str = f"see {_README}") -> Tupl
     return split_file, videos
 
 
-def load_vspw_split(root: str, split: str, hint: str = f"see {_README}") -> List[dict]:
+def load_vspw_split(
+    root: str,
+    split: str,
+    hint: str = f"see {_README}",
+    label_space: Optional[str] = None,
+    prepare_command: Optional[str] = None,
+) -> List[dict]:
     """List one split of a VSPW-layout dataset: one record per mask file.
 
     Args:
-        root: dataset root (holds ``{split}.txt`` and ``data/``).
+        root: dataset root (holds ``{split}.txt``, ``data/`` and ``annotations_detectron2/``).
         split: "train", "val" or "test" (any name with a ``{split}.txt`` file).
         hint: appended to "file not found" errors (how to obtain the data).
+        label_space: the label space of ``sem_seg_file_name`` (see :func:`load_vspw_video`);
+            its label maps must exist. None lists the raw masks only.
+        prepare_command: quoted when label maps are missing.
     Returns:
-        records ``{"file_name", "sem_seg_file_name", "video_id", "frame_index",
-        "video_frames", "height", "width"}``, videos in split-file order, frames in order.
+        records ``{"file_name", "sem_seg_file_name", "raw_sem_seg_file_name", "video_id",
+        "frame_index", "video_frames", "height", "width"}``, videos in split-file order,
+        frames in order.
     """
     split_file, videos = read_split_file(root, split, hint)
+    command = prepare_command or default_prepare_command(root)
+    if label_space is not None:
+        space_dir = label_map_root(root, label_space)
+        if not os.path.isdir(space_dir):
+            raise FileNotFoundError(
+                f"the label maps of {root} are missing: {space_dir} does not exist; write them "
+                f"with `{command}` (see {_README})"
+            )
     records = []
     for video in videos:
-        records.extend(load_vspw_video(root, video, split_file))
+        records.extend(load_vspw_video(root, video, split_file, label_space, command))
     return records
 
 
@@ -256,27 +333,35 @@ def register_vspw_split(
     class_texts: Optional[Sequence[str]] = None,
     hint: str = f"see {_README}",
     overwrite: bool = False,
+    prepare_command: Optional[str] = None,
 ) -> None:
     """Register one (split, protocol) of a VSPW-layout dataset under ``name`` (no disk access).
 
-    ``hidden_raw_ids`` (pixels hidden from the input by INPUT.MASK_UNSEEN_PIXELS) holds the
-    unseen raw ids for the training split and is empty otherwise.
+    Records point at the protocol's label maps (``sem_seg_root`` =
+    ``root/annotations_detectron2/<space>``); raw masks stay under ``raw_sem_seg_root`` =
+    ``root/data``. ``hidden_raw_ids`` (pixels hidden from the input by
+    INPUT.MASK_UNSEEN_PIXELS) holds the unseen raw ids for the training split and is empty
+    otherwise.
     """
     meta = vspw_protocol_metadata(class_names, num_seen, protocol, class_texts)
+    space = label_space_of(protocol)
     hidden = (
         list(range(num_seen + 1, len(class_names) + 1))
         if split == "train" and protocol == "seen"
         else []
     )
     data_root = os.path.join(root, "data")
+    command = prepare_command or default_prepare_command(root)
     register_dataset(
         name,
-        lambda: load_vspw_split(root, split, hint),
+        lambda: load_vspw_split(root, split, hint, space, command),
         dict(
             meta,
             hidden_raw_ids=hidden,
             image_root=data_root,
-            sem_seg_root=data_root,
+            sem_seg_root=label_map_root(root, space),
+            raw_sem_seg_root=data_root,
+            label_space=space,
             dataset_root=root,
         ),
         overwrite=overwrite,
@@ -292,6 +377,7 @@ def register_vspw_family(
     class_texts: Optional[Sequence[str]] = None,
     hint: str = f"see {_README}",
     overwrite: bool = False,
+    prepare_command: Optional[str] = None,
 ) -> List[str]:
     """Register ``{prefix}_train_seen`` and ``{prefix}_{split}_{unseen,seen,all}`` for the others.
 
@@ -305,25 +391,38 @@ def register_vspw_family(
         class_texts: prompt texts (default: "_or_" -> ", ", "_" -> " ").
         hint: how to obtain the data, appended to "file not found" errors.
         overwrite: replace existing registrations of the same names.
+        prepare_command: the command that writes the label maps, quoted when they are
+            missing (default ``python datasets/prepare_vspw.py --root <root>``).
     Returns:
         the registered dataset names.
     """
     names = []
     for split in splits:
-        for protocol in SPLIT_PROTOCOLS.get(split, _EVAL_PROTOCOLS):
+        for protocol in protocols_of_split(split):
             name = f"{prefix}_{split}_{protocol}"
             register_vspw_split(
-                name, root, split, class_names, num_seen, protocol, class_texts, hint, overwrite
+                name,
+                root,
+                split,
+                class_names,
+                num_seen,
+                protocol,
+                class_texts,
+                hint,
+                overwrite,
+                prepare_command,
             )
             names.append(name)
     return names
 
 
-def register_all_vspw(datasets_root: str) -> List[str]:
-    """Register the official VSPW datasets found under ``datasets_root/VSPW_480p``."""
+def register_all_vspw(datasets_root: Optional[str] = None, overwrite: bool = False) -> List[str]:
+    """Register the official VSPW datasets found under ``datasets_root/VSPW_480p`` (default
+    :func:`~ov2vss.data.datasets.root.datasets_root`); ``overwrite`` replaces them."""
+    root = os.path.join(datasets_root or default_datasets_root(), "VSPW_480p")
     return register_vspw_family(
-        "vspw", os.path.join(datasets_root, "VSPW_480p"), get_vspw_class_names(), VSPW_NUM_SEEN
+        "vspw", root, get_vspw_class_names(), VSPW_NUM_SEEN, overwrite=overwrite
     )
 
 
-register_all_vspw(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all_vspw()

@@ -1,7 +1,10 @@
-"""Registration of the embedded toy dataset (SPEC section 8), stored in the VSPW layout.
+"""Registration of the embedded toy dataset (datasets/README.md, "Toy dataset"), stored in the
+VSPW layout.
 
 Registered at import (root ``$DETECTRON2_DATASETS/VSPW_toy``, nothing read from disk):
 ``vspw_toy_train_seen``, ``vspw_toy_val_unseen``, ``vspw_toy_val_seen``, ``vspw_toy_val_all``.
+As for VSPW, records point at the label maps under ``annotations_detectron2/<space>/``, which
+the generator writes (through the same code as datasets/prepare_vspw.py).
 The class design (compositional "<colour> <shape>" names, held-out combinations) is defined
 here, so that registration needs no disk; ``ov2vss.data.toy`` draws the videos from it.
 Call :func:`register_toy` with another root (e.g. ``cfg.DATASETS.TOY.ROOT``) to point the
@@ -12,6 +15,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .register_vspw import register_vspw_family
+from .root import datasets_root
 
 __all__ = [
     "TOY_COLORS",
@@ -63,7 +67,7 @@ TOY_NUM_SEEN: int = len(TOY_CLASS_NAMES) - len(TOY_UNSEEN_PAIRS)
 
 def default_toy_root() -> str:
     """``$DETECTRON2_DATASETS/VSPW_toy`` (DETECTRON2_DATASETS defaults to "datasets")."""
-    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "VSPW_toy")
+    return os.path.join(datasets_root(), "VSPW_toy")
 
 
 def register_toy(root: Optional[str] = None, splits: Sequence[str] = ("train", "val")) -> List[str]:
@@ -79,6 +83,7 @@ def register_toy(root: Optional[str] = None, splits: Sequence[str] = ("train", "
         the registered dataset names.
     """
     root = root or default_toy_root()
+    command = f"python -m ov2vss.data.toy --root {root}"
     return register_vspw_family(
         TOY_PREFIX,
         root,
@@ -86,8 +91,9 @@ def register_toy(root: Optional[str] = None, splits: Sequence[str] = ("train", "
         TOY_NUM_SEEN,
         splits=splits,
         class_texts=TOY_CLASS_NAMES,
-        hint=f"generate it with `python -m ov2vss.data.toy --root {root}`; see datasets/README.md",
+        hint=f"generate it with `{command}`; see datasets/README.md",
         overwrite=True,
+        prepare_command=command,
     )
 
 

@@ -1,0 +1,177 @@
+"""The OV2VSS trainer: detectron2's ``DefaultTrainer`` made ready for video and for scale.
+
+DDP on CPU (gloo) as well as GPU, ``SOLVER.AMP`` on GPU (fp16) and CPU (bf16 autocast),
+atomic, safely loaded checkpoints, and runs that resume exactly: the data stream and every
+random draw are functions of ``(seed, sample position)`` / ``(seed, rank, iteration)``, so a
+run restarted with ``--resume`` ends with the same weights as an uninterrupted one (README
+"Training at scale").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence
+
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.engine.train_loop import HookBase, TrainerBase
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
+from detectron2.solver.lr_scheduler import LRMultiplier
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+from ..checkpoint import OV2VSSCheckpointer
+from ..data.build import ResumableTrainLoader, build_resumable_train_loader
+from ..data.video_mapper import VideoSemSegDatasetMapper
+from ..evaluation import VideoSemSegEvaluator
+from ..seeding import TRAIN_STEP, derive_seed, seed_all
+from ..solver import build_lr_scheduler, build_optimizer
+from ..vocabulary import dataset_vocabulary
+from .amp import build_step_trainer
+from .distributed import create_ddp_model, sync_model_buffers, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+
+class StepSeedHook(HookBase):
+    """Seeds the global RNGs from ``(seed, rank, iteration)`` before every step, so random
+    draws in the model (dropout, sampling) resume exactly without storing RNG states."""
+
+    def before_step(self) -> None:
+        seed_all(derive_seed(self.trainer.seed, TRAIN_STEP, comm.get_rank(), self.trainer.iter))
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` for OV2VSS (see the module docstring).
+
+    Differences: the video window mapper and the resumable data stream
+    (:class:`ResumableTrainLoader`, its position checkpointed), the video evaluator with one
+    vocabulary per test dataset, OV2VSS's optimizer and schedule, a CPU-capable DDP wrapper
+    (:func:`create_ddp_model`), mixed precision on CPU (:func:`build_step_trainer`),
+    :class:`OV2VSSCheckpointer` and per-step seeding.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        # DefaultTrainer.__init__ would wrap CPU models with device_ids and assert CUDA for AMP
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        if isinstance(data_loader, ResumableTrainLoader):
+            data_loader.seed = self.seed
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = OV2VSSCheckpointer(
+            model, cfg.OUTPUT_DIR, config=cfg, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self._samples_seen = 0  # global position of the data stream
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List[HookBase]:
+        return [StepSeedHook()] + super().build_hooks()
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As in DefaultTrainer; a resumed run also continues the data stream and seeds."""
+        self._samples_seen = 0
+        super().resume_or_load(resume=resume)
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            self.data_loader.start_sample = self._samples_seen
+        if self.start_iter > 0 and isinstance(self.scheduler, LRMultiplier):
+            # the optimizer holds the lr of the checkpoint's schedule; with another
+            # SOLVER.MAX_ITER the next iteration must use the new schedule's value
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+                group["lr"] = lr
+
+    def run_step(self) -> None:
+        super().run_step()
+        self._samples_seen += self.cfg.SOLVER.IMS_PER_BATCH
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        ret["data"] = {"seed": self.seed, "samples_seen": self._samples_seen}
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        data = state_dict.get("data")
+        if data is None:  # a checkpoint of another trainer: assume this run's batch size
+            self._samples_seen = (state_dict["iteration"] + 1) * self.cfg.SOLVER.IMS_PER_BATCH
+            return
+        if self.cfg.SEED < 0:
+            self.seed = int(data["seed"])
+        elif self.cfg.SEED != data["seed"]:
+            logger.warning(
+                f"SEED={self.cfg.SEED} differs from the checkpoint's seed {data['seed']}: the resumed "
+                "run continues with the new seed and will not match an uninterrupted run"
+            )
+        self._samples_seen = int(data["samples_seen"])
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            self.data_loader.seed = self.seed
+
+    # ------------------------------------------------------------------ OV2VSS parts
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
+        return build_resumable_train_loader(cfg, VideoSemSegDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        mapper = VideoSemSegDatasetMapper(cfg, False, dataset_name=dataset_name)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return VideoSemSegEvaluator(
+            dataset_name,
+            distributed=True,
+            output_dir=output_folder,
+            vc_windows=cfg.TEST.VC_WINDOWS,
+            dump_predictions=cfg.TEST.DUMP_PREDICTIONS,
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def test(
+        cls,
+        cfg: CfgNode,
+        model: nn.Module,
+        evaluators: Optional[Sequence[DatasetEvaluator]] = None,
+    ):
+        """Evaluate every DATASETS.TEST entry, each with its own vocabulary (open vocabulary)."""
+        sync_model_buffers(model)  # every process evaluates rank 0's BN statistics
+        results = OrderedDict()
+        for idx, name in enumerate(cfg.DATASETS.TEST):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = (
+                evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
+            )
+            with unwrap_model(model).vocabulary(dataset_vocabulary(name)):
+                results[name] = inference_on_dataset(model, loader, evaluator)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {name} in csv format:")
+                print_csv_format(results[name])
+        return results[next(iter(results))] if len(results) == 1 else results
