@@ -11,8 +11,22 @@ separated) or ``--vocabulary-file`` (one class per line; '#' starts a comment). 
 (.mp4/.mkv/.avi/.mov) or a folder of PNGs, with the labels blended over the frames and a legend
 of the classes present in each frame. The share of pixels of every class over the whole video
 is printed and written as JSON: ``out.json`` next to ``out.mp4``, ``<folder>/summary.json``
-for PNGs. Frames are segmented by the streaming :class:`ov2vss.predictor.VideoPredictor`
-(each frame encoded once), with the windows the inference mapper would build.
+for PNGs; it also records the weights used (``"weights": null`` for a randomly initialised
+model, whose labels are meaningless but repeatable: it is built with a fixed seed) and how many
+frames were segmented and written. Frames are segmented by the streaming
+:class:`ov2vss.predictor.VideoPredictor` (each frame encoded once), with the windows the
+inference mapper would build.
+
+Every output path is created or tested before the input is decoded or the model is built; an
+error (here or later, e.g. a full disk) is one ``error:`` line naming the path, exit status 2.
+A run stopped by an error keeps what it wrote (the video is closed, the PNGs stay) and still
+writes the JSON summary of the frames segmented, when its own path can be written.
+
+``--seen-bias G`` calibrates the trained model (``MODEL.OV2VSS.SEEN_BIAS``): G is subtracted
+from the log-probabilities of the vocabulary's classes that were in the checkpoint's training
+vocabulary. ``--training-free`` needs no OV2VSS weights: CLIP alone labels each pixel
+(:mod:`ov2vss.training_free`; real CLIP weights required, ``--temporal-window k`` averages the
+last k frames).
 
 This script is the command line only; reading and writing videos, drawing and vocabularies
 are importable: :mod:`ov2vss.video_io`, :mod:`ov2vss.visualization`, :mod:`ov2vss.vocabulary`.
@@ -20,33 +34,41 @@ are importable: :mod:`ov2vss.video_io`, :mod:`ov2vss.visualization`, :mod:`ov2vs
 
 from __future__ import annotations
 
+import ov2vss  # noqa: F401  isort: skip  (first: registers everything, quiets import noise)
 import argparse
 import contextlib
-import json
 import logging
+import math
 import os
 import sys
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Type
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
 import tqdm
 from detectron2.config import CfgNode
-from PIL import Image
 
 from ov2vss.config import get_ov2vss_cfg
 from ov2vss.predictor import FrameSizeError, VideoPredictor
+from ov2vss.training_free import RandomCLIPError, TrainingFreePredictor
 from ov2vss.video_io import (
     VIDEO_EXTENSIONS,
     FrameFolderSource,
     FrameSource,
+    OutputError,
+    PngFolderWriter,
     VideoFileSource,
     VideoWriter,
+    check_writable_file,
+    check_writable_folder,
+    write_json,
 )
 from ov2vss.visualization import class_colors, draw_overlay
 from ov2vss.vocabulary import parse_vocabulary
 
 logger = logging.getLogger("ov2vss.demo")
+
+FrameWriter = Union[VideoWriter, PngFolderWriter]
 
 
 class DemoError(Exception):
@@ -101,6 +123,32 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the label colours")
     parser.add_argument(
+        "--seen-bias",
+        type=float,
+        default=None,
+        metavar="G",
+        help="calibration: subtract G >= 0 from the log-probabilities of classes in the model's "
+        "training vocabulary (MODEL.OV2VSS.SEEN_BIAS; default: the config's, 0)",
+    )
+    parser.add_argument(
+        "--training-free",
+        action="store_true",
+        help="no OV2VSS weights: label each pixel with CLIP alone (needs real CLIP weights, "
+        "MODEL.CLIP.PRETRAINED)",
+    )
+    parser.add_argument(
+        "--temporal-window",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --training-free: average the cost volumes of the last K frames (1 = per frame)",
+    )
+    parser.add_argument(
+        "--allow-random-clip",
+        action="store_true",
+        help="with --training-free: run even with random CLIP weights (labels are noise; tests)",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
     return parser
@@ -119,6 +167,13 @@ def setup_cfg(args: argparse.Namespace, vocabulary: Sequence[str]) -> CfgNode:
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
     cfg.MODEL.OV2VSS.TEST_VOCABULARY = list(vocabulary)
+    if args.seen_bias is not None:
+        if not math.isfinite(args.seen_bias) or args.seen_bias < 0:
+            raise DemoError(
+                f"--seen-bias must be a finite number >= 0 (MODEL.OV2VSS.SEEN_BIAS), "
+                f"got {args.seen_bias}"
+            )
+        cfg.MODEL.OV2VSS.SEEN_BIAS = args.seen_bias
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             f"MODEL.DEVICE={cfg.MODEL.DEVICE} but CUDA is not available: running on the CPU"
@@ -144,11 +199,57 @@ def frames_of(source: FrameSource) -> Iterator[np.ndarray]:
 
 
 # ---------------------------------------------------------------------- output
+def is_video_path(output: str) -> bool:
+    """``--output`` names a video file (by its extension); otherwise a folder for PNGs."""
+    return output.lower().endswith(VIDEO_EXTENSIONS)
+
+
 def summary_path(output: str) -> str:
     """Where the JSON summary goes: ``out.json`` next to ``out.mp4``, ``<folder>/summary.json``."""
-    if output.lower().endswith(VIDEO_EXTENSIONS):
+    if is_video_path(output):
         return os.path.splitext(output)[0] + ".json"
     return os.path.join(output, "summary.json")
+
+
+def check_outputs(output: str) -> None:
+    """Create or test every output path (video or PNG folder, JSON summary) before any work."""
+    with output_errors():
+        if is_video_path(output):
+            check_writable_file(output, "the output video")
+        else:
+            check_writable_folder(output, "the PNG folder")
+        check_writable_file(summary_path(output), "the JSON summary", atomic=True)
+
+
+def check_not_the_input(output: str, source: FrameSource) -> None:
+    """``--output`` must not overwrite the input video or one of the input frames."""
+    if isinstance(source, VideoFileSource):
+        if os.path.exists(output) and os.path.samefile(output, source.path):
+            raise DemoError(f"--output {output} is the input video: it would be overwritten")
+    elif isinstance(source, FrameFolderSource) and not is_video_path(output):
+        inputs = {os.path.realpath(p) for p in source.paths}
+        for name in source.frame_names:
+            path = os.path.realpath(os.path.join(output, name + ".png"))
+            if path in inputs:
+                raise DemoError(f"--output {output} would overwrite the input frame {path}")
+
+
+@contextlib.contextmanager
+def output_errors() -> Iterator[None]:
+    """An output that cannot be written becomes a :class:`DemoError` (its message names it)."""
+    try:
+        yield
+    except OutputError as e:
+        raise DemoError(str(e)) from e
+
+
+def open_writer(output: str, source: FrameSource) -> FrameWriter:
+    """The writer of the overlays: a video file or a folder of PNGs."""
+    with output_errors(), user_input_errors((RuntimeError,)):
+        if is_video_path(output):
+            h, w = source.last_frame.shape[:2]
+            return VideoWriter(output, source.fps, w, h)
+        return PngFolderWriter(output)
 
 
 def pixel_summary(
@@ -165,7 +266,117 @@ def pixel_summary(
     }
 
 
+def _local_path(path: str) -> str:
+    return os.path.abspath(path) if path and os.path.exists(path) else path
+
+
+def weights_summary(cfg: CfgNode, predictor: VideoPredictor) -> Dict:
+    """What the predictions come from: MODEL.WEIGHTS (None: a randomly initialised, seeded
+    model), CLIP's architecture and pretrained tag or file (None: random), and the warning
+    given when MODEL.WEIGHTS is empty; the mode ("ov2vss" or "training-free") and the seen
+    bias."""
+    training_free = isinstance(predictor, TrainingFreePredictor)  # MODEL.WEIGHTS unused
+    return {
+        "weights": None if training_free else _local_path(cfg.MODEL.WEIGHTS) or None,
+        "clip_arch": cfg.MODEL.CLIP.ARCH,
+        "clip_pretrained": _local_path(cfg.MODEL.CLIP.PRETRAINED) or None,
+        "weights_warning": predictor.weights_warning,
+        "mode": "training-free" if training_free else "ov2vss",
+        "seen_bias": cfg.MODEL.OV2VSS.SEEN_BIAS,
+    }
+
+
 # ---------------------------------------------------------------------- main
+def check_mode(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """Options of the two modes (trained model / --training-free), checked before any work."""
+    if not args.training_free:
+        for flag, given in (
+            ("--temporal-window", args.temporal_window != 1),
+            ("--allow-random-clip", args.allow_random_clip),
+        ):
+            if given:
+                raise DemoError(f"{flag} applies to --training-free only")
+        return
+    if args.temporal_window < 1:
+        raise DemoError(f"--temporal-window must be >= 1 frames, got {args.temporal_window}")
+    if cfg.MODEL.OV2VSS.SEEN_BIAS:
+        raise DemoError("--seen-bias calibrates a trained model; --training-free has none")
+    if not cfg.MODEL.CLIP.PRETRAINED and not args.allow_random_clip:
+        raise DemoError(
+            "--training-free labels pixels with CLIP alone, and MODEL.CLIP.PRETRAINED is empty: "
+            "random CLIP weights would make every label noise. Give real weights (--opts "
+            "MODEL.CLIP.PRETRAINED openai, or a local open_clip checkpoint file), or add "
+            "--allow-random-clip to run anyway"
+        )
+    if cfg.MODEL.WEIGHTS:
+        logger.warning(f"--training-free: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} is not used")
+
+
+def build_predictor(cfg: CfgNode, args: argparse.Namespace) -> VideoPredictor:
+    """The streaming predictor with MODEL.WEIGHTS loaded, or CLIP alone with --training-free
+    (errors as :class:`DemoError`)."""
+    try:
+        if args.training_free:
+            return TrainingFreePredictor(
+                cfg, args.temporal_window, args.allow_random_clip, frame_format="RGB"
+            )
+        predictor = VideoPredictor(cfg, frame_format="RGB")
+        if cfg.MODEL.OV2VSS.SEEN_BIAS and not predictor.model.train_class_texts:
+            logger.warning(
+                "--seen-bias / MODEL.OV2VSS.SEEN_BIAS has no effect: the model knows no training "
+                "vocabulary (no MODEL.WEIGHTS, or a checkpoint written before it was saved)"
+            )
+        return predictor
+    except RandomCLIPError as e:
+        raise DemoError(str(e)) from e
+    except FileNotFoundError as e:
+        raise DemoError(str(e)) from e
+    except (RuntimeError, ValueError, KeyError) as e:  # CLIP weights, bad config values
+        raise DemoError(f"cannot build the model from {args.config_file}: {e}") from e
+
+
+def segment(
+    predictor: VideoPredictor,
+    source: FrameSource,
+    writer: Optional[FrameWriter],
+    vocabulary: Sequence[str],
+    alpha: float,
+) -> Tuple[np.ndarray, int, Optional[DemoError]]:
+    """Segment every frame of ``source``, writing the overlays to ``writer``.
+
+    Returns the pixel count per class, the number of frames segmented and the error that
+    stopped the run early (None when every frame was done). The writer is closed in any case,
+    so what it wrote stays usable.
+    """
+    colors = class_colors(len(vocabulary))
+    counts = np.zeros(len(vocabulary), np.int64)
+    done, stopped = 0, None
+    progress = tqdm.tqdm(frames_of(source), total=source.num_frames, unit="frame", desc="OV2VSS")
+    try:
+        predictor.reset(source.num_frames, source.last_frame)
+        for frame in progress:
+            labels = predictor.push(frame)["sem_seg"].argmax(dim=0).cpu().numpy()
+            counts += np.bincount(labels.ravel(), minlength=len(vocabulary))
+            done += 1
+            if writer is not None:
+                vis = draw_overlay(frame, labels, vocabulary, colors, alpha)
+                writer.write(vis, source.frame_names[done - 1])
+    except OutputError as e:
+        stopped = DemoError(str(e))
+    except DemoError as e:  # a frame that cannot be read
+        stopped = e
+    except FrameSizeError as e:
+        stopped = DemoError(f"{source.name}: {e}")
+    finally:
+        progress.close()
+        if writer is not None:
+            try:
+                writer.close()
+            except OutputError as e:
+                stopped = stopped or DemoError(str(e))
+    return counts, done, stopped
+
+
 def run(args: argparse.Namespace) -> Dict:
     """Segment the input, write the overlays and the summary; returns the summary."""
     if args.max_frames is not None and args.max_frames < 1:
@@ -173,64 +384,53 @@ def run(args: argparse.Namespace) -> Dict:
     with user_input_errors():
         vocabulary = parse_vocabulary(args.vocabulary, args.vocabulary_file)
     cfg = setup_cfg(args, vocabulary)
+    check_mode(cfg, args)
+    if args.output:
+        check_outputs(args.output)  # before decoding the input or building the model
     source = open_source(args)
-
-    try:
-        predictor = VideoPredictor(cfg, frame_format="RGB")
-    except FileNotFoundError as e:
-        raise DemoError(str(e)) from e
-    except (RuntimeError, ValueError, KeyError) as e:  # CLIP weights, bad config values
-        raise DemoError(f"cannot build the model from {args.config_file}: {e}") from e
+    writer = None
+    if args.output:
+        check_not_the_input(args.output, source)
+        writer = open_writer(args.output, source)
+    predictor = build_predictor(cfg, args)
     predictor.model.set_test_vocabulary(vocabulary)
 
-    writer, png_dir = None, None
-    if args.output:
-        if args.output.lower().endswith(VIDEO_EXTENSIONS):
-            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-            h, w = source.last_frame.shape[:2]
-            with user_input_errors((RuntimeError,)):
-                writer = VideoWriter(args.output, source.fps, w, h)
-        else:
-            png_dir = args.output
-            os.makedirs(png_dir, exist_ok=True)
-    colors = class_colors(len(vocabulary))
-    counts = np.zeros(len(vocabulary), np.int64)
-    try:
-        predictor.reset(source.num_frames, source.last_frame)
-        progress = tqdm.tqdm(
-            frames_of(source), total=source.num_frames, unit="frame", desc="OV2VSS"
-        )
-        for index, frame in enumerate(progress):
-            out = predictor.push(frame)
-            labels = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            counts += np.bincount(labels.ravel(), minlength=len(vocabulary))
-            if writer is not None or png_dir is not None:
-                vis = draw_overlay(frame, labels, vocabulary, colors, args.alpha)
-                if writer is not None:
-                    writer.write(vis)
-                else:
-                    name = source.frame_names[index] + ".png"
-                    Image.fromarray(vis).save(os.path.join(png_dir, name))
-    except FrameSizeError as e:
-        raise DemoError(f"{source.name}: {e}") from e
-    finally:
-        if writer is not None:
-            writer.close()
-
-    summary = pixel_summary(counts, vocabulary, source.num_frames, source.last_frame.shape[:2])
-    print(f"\nPixel share over {source.num_frames} frames of {source.name}:")
+    counts, done, stopped = segment(predictor, source, writer, vocabulary, args.alpha)
+    summary = pixel_summary(counts, vocabulary, done, source.last_frame.shape[:2])
+    summary.update(input=source.name, input_frames=source.num_frames)
+    summary.update(weights_summary(cfg, predictor))
+    which = f"{done} frames" if done == source.num_frames else f"the first {done} frames"
+    print(f"\nPixel share over {which} of {source.name}:")
     for name, share in summary["pixel_share"].items():
         print(f"  {name:<30s} {100 * share:6.2f}%")
     if args.output:
-        summary["output"] = os.path.abspath(args.output)
-        with open(summary_path(args.output), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        print(f"wrote {args.output} and {summary_path(args.output)}")
+        json_path = summary_path(args.output)
+        summary.update(
+            output=os.path.abspath(args.output),
+            frames_written=writer.frames_written,
+            error=str(stopped) if stopped else None,
+        )
+        try:
+            write_json(json_path, summary, "the JSON summary")
+        except OutputError as e:
+            stopped = DemoError(f"{stopped}; {e}" if stopped else str(e))
+        else:
+            if stopped:
+                how_far = (
+                    f"all {done} frames were segmented"
+                    if done == source.num_frames
+                    else f"stopped after {done} of {source.num_frames} frames"
+                )
+                stopped = DemoError(f"{stopped} ({how_far}; {json_path} summarises them)")
+            else:
+                print(f"wrote {args.output} and {json_path}")
+    if stopped:
+        raise stopped
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo; bad input prints one ``error: ...`` line and returns 2."""
+    """Run the demo; an error prints one ``error: ...`` line and returns 2."""
     args = get_parser().parse_args(argv)
     try:
         run(args)

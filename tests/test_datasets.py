@@ -51,13 +51,9 @@ def _vspw_tree(root, videos, splits):
 @pytest.fixture
 def raw_vspw_root(tmp_path):
     """A VSPW tree as downloaded: raw masks (value 81 everywhere), no label maps yet."""
+    stems = ["00000000", "00000003", "00000006", "00000009"]
     videos = {
-        "vid_a": (
-            24,
-            40,
-            ["00000000", "00000003", "00000006", "00000009"],
-            ["00000003", "00000009"],
-        ),
+        "vid_a": (24, 40, stems, stems),  # VSPW annotates every frame
         # un-padded names: the frame order must be numeric (9 before 10)
         "vid_b": (16, 32, ["9", "10", "11"], ["9", "10", "11"]),
     }
@@ -71,7 +67,7 @@ def vspw_root(raw_vspw_root):
     """The same tree after the prepare step (label maps written)."""
     report = prepare_vspw(raw_vspw_root, ["train", "val"], get_vspw_class_names(), 80)
     assert (
-        not report.problems and report.written == 5 * 3
+        not report.problems and report.written == 7 * 3
     ), report  # vid_a (train+val), vid_b: all 3 spaces
     return raw_vspw_root
 
@@ -107,19 +103,19 @@ def test_vspw_records(vspw_root):
         f"{prefix}_val_all",
     ]
     train = DatasetCatalog.get(f"{prefix}_train_seen")
-    assert [r["frame_index"] for r in train] == [1, 3]
+    assert [r["frame_index"] for r in train] == [0, 1, 2, 3]
     a = os.path.join(vspw_root, "data", "vid_a")
-    assert train[0]["file_name"] == os.path.join(a, "origin", "00000003.jpg")
+    assert train[1]["file_name"] == os.path.join(a, "origin", "00000003.jpg")
     # the raw mask keeps its own key; sem_seg_file_name is the protocol's label map
-    assert train[0]["raw_sem_seg_file_name"] == os.path.join(a, "mask", "00000003.png")
-    assert train[0]["sem_seg_file_name"] == _label_map(vspw_root, "seen", "vid_a", "00000003")
+    assert train[1]["raw_sem_seg_file_name"] == os.path.join(a, "mask", "00000003.png")
+    assert train[1]["sem_seg_file_name"] == _label_map(vspw_root, "seen", "vid_a", "00000003")
     assert train[1]["video_frames"] == [
         os.path.join(a, "origin", f"0000000{i}.jpg") for i in (0, 3, 6, 9)
     ]
     assert (train[0]["height"], train[0]["width"], train[0]["video_id"]) == (24, 40, "vid_a")
 
     val = DatasetCatalog.get(f"{prefix}_val_all")
-    assert len(val) == 5
+    assert len(val) == 7
     b = [r for r in val if r["video_id"] == "vid_b"]
     assert [os.path.basename(p) for p in b[0]["video_frames"]] == ["9.jpg", "10.jpg", "11.jpg"]
     assert [(r["frame_index"], os.path.basename(r["file_name"])) for r in b] == [
@@ -372,13 +368,13 @@ def test_loading_before_the_prepare_step_names_the_command(raw_vspw_root):
     assert os.path.join(raw_vspw_root, "annotations_detectron2", "unseen") in message
 
     prepare_vspw(raw_vspw_root, ["train", "val"], get_vspw_class_names(), 80)
-    assert len(DatasetCatalog.get(f"{prefix}_val_unseen")) == 5
+    assert len(DatasetCatalog.get(f"{prefix}_val_unseen")) == 7
     missing = _label_map(raw_vspw_root, "all", "vid_b", "10")
     os.remove(missing)  # one label map gone: named, never a fallback to the raw mask
     with pytest.raises(FileNotFoundError, match="prepare_vspw.py") as e:
         DatasetCatalog.get(f"{prefix}_val_all")
     assert missing in str(e.value) and "1 of 3" in str(e.value)
-    assert len(DatasetCatalog.get(f"{prefix}_val_seen")) == 5  # other spaces unaffected
+    assert len(DatasetCatalog.get(f"{prefix}_val_seen")) == 7  # other spaces unaffected
 
 
 def test_toy_without_label_maps_names_the_generator(raw_vspw_root):
@@ -406,8 +402,8 @@ def test_prepare_vspw_writes_label_maps_once(raw_vspw_root, repo_root):
         "2",
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    # 5 masks x 3 spaces (vid_a's seen label maps serve train_seen and val_seen)
-    assert "wrote 15, skipped 0" in out.stdout
+    # 7 masks x 3 spaces (vid_a's seen label maps serve train_seen and val_seen)
+    assert "wrote 21, skipped 0" in out.stdout
     assert "label maps" in out.stderr  # the progress bar
     spaces = {"seen": [255], "unseen": [0], "all": [80]}  # raw 81 in each space
     for space, values in spaces.items():
@@ -420,13 +416,13 @@ def test_prepare_vspw_writes_label_maps_once(raw_vspw_root, repo_root):
         for d, _, files in os.walk(label_dir)
         for f in files
     }
-    assert len(stamps) == 15  # and no temporary file left behind
+    assert len(stamps) == 21  # and no temporary file left behind
 
     again = _run_script(
         repo_root, "prepare_vspw", "--root", raw_vspw_root, "--splits", "train", "val"
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "wrote 0, skipped 15 (up to date)" in again.stdout
+    assert "wrote 0, skipped 21 (up to date)" in again.stdout
     assert stamps == {p: os.stat(p).st_mtime_ns for p in stamps}
 
 
@@ -452,10 +448,7 @@ def test_prepare_vspw_refuses_bad_masks(vspw_root, repo_root):
     # the good masks keep their label maps; no temporary file anywhere
     assert sorted(
         os.listdir(os.path.join(vspw_root, "annotations_detectron2", "all", "vid_a"))
-    ) == [
-        "00000003.png",
-        "00000009.png",
-    ]
+    ) == ["00000000.png", "00000003.png", "00000006.png", "00000009.png"]
     assert os.listdir(os.path.join(vspw_root, "annotations_detectron2", "all", "vid_b")) == []
 
 
@@ -499,7 +492,7 @@ def test_prepare_vspw_reports_problems(vspw_root, repo_root):
     text = "\n".join(problems)
     assert len(problems) == 3, text
     assert "10.png: values [200]" in text and "11.png: size (8, 8)" in text and "test.txt" in text
-    assert "val: 2 videos, 7 frames, 5 annotated frames" in summary
+    assert "val: 2 videos, 7 frames, 7 annotated frames" in summary
     with open(os.path.join(vspw_root, "label_num_dic_final.json"), "w") as f:
         json.dump({"others": 0, "wall": 1}, f)
     report = prepare_vspw(vspw_root, ["train"], names, 80, write=False, masks_per_video=0)

@@ -22,7 +22,15 @@ import torch
 from PIL import Image
 
 from ov2vss.data.io import FrameSizeError
-from ov2vss.video_io import FrameFolderSource, VideoFileSource, VideoWriter
+from ov2vss.video_io import (
+    FrameFolderSource,
+    OutputError,
+    PngFolderWriter,
+    VideoFileSource,
+    VideoWriter,
+    check_writable_file,
+    check_writable_folder,
+)
 from ov2vss.visualization import class_colors, draw_overlay
 
 VOCAB = ["road", "car", "person", "bicycle", "building", "sky"]
@@ -144,6 +152,64 @@ def test_video_writer_pads_odd_sizes(tmp_path):
     writer.close()
     frames = decode(str(tmp_path / "odd.mp4"))
     assert [f.shape for f in frames] == [(34, 66, 3)] * 3
+
+
+def test_output_checks_name_the_path_and_change_nothing(tmp_path):
+    existing = tmp_path / "old.mp4"
+    existing.write_bytes(b"a previous result")
+    before = os.stat(existing).st_mtime_ns
+    check_writable_file(str(existing), "the output video")  # an existing file stays as it is
+    assert existing.read_bytes() == b"a previous result"
+    assert os.stat(existing).st_mtime_ns == before
+    check_writable_file(str(tmp_path / "new" / "out.mp4"))  # folders made, no file left
+    assert os.listdir(tmp_path / "new") == []
+    check_writable_file(str(tmp_path / "new" / "s.json"), atomic=True)
+    assert os.listdir(tmp_path / "new") == []
+    with pytest.raises(OutputError, match=r"the PNG folder /sys/ov2vss_pngs: cannot create"):
+        check_writable_folder("/sys/ov2vss_pngs", "the PNG folder")
+    with pytest.raises(OutputError, match=rf"{existing}: it is a file, not a folder"):
+        check_writable_folder(str(existing))
+    with pytest.raises(OutputError, match=rf"{tmp_path}: it is a folder"):
+        check_writable_file(str(tmp_path))
+    with pytest.raises(OutputError, match=r"the output video /sys/ov2vss/o\.mp4: cannot create"):
+        VideoWriter("/sys/ov2vss/o.mp4", Fraction(10), 8, 8)  # before PyAV opens it lazily
+
+
+def test_png_writer_keeps_what_it_wrote_when_a_write_fails(tmp_path):
+    folder = tmp_path / "pngs"
+    writer = PngFolderWriter(str(folder))
+    frames = [np.full((6, 8, 3), 50 * i, np.uint8) for i in range(3)]
+    writer.write(frames[0], "f0")
+    writer.write(frames[1], "f1")
+    (folder / "f2.png").mkdir()  # the third file cannot be created
+    with pytest.raises(OutputError) as e:
+        writer.write(frames[2], "f2")
+    assert str(e.value).startswith(f"cannot write {folder / 'f2.png'} (")
+    assert f"the 2 PNGs written before it stay in {folder}" in str(e.value)
+    assert writer.frames_written == 2
+    assert sorted(os.listdir(folder)) == ["f0.png", "f1.png", "f2.png"]  # no temporary file
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(Image.open(folder / f"f{i}.png")), frames[i])
+    for path in folder.iterdir():
+        if path.is_file():
+            path.unlink()
+    folder.joinpath("f2.png").rmdir()
+    folder.rmdir()  # the folder removed mid-run
+    with pytest.raises(OutputError, match=re.escape(f"cannot write {folder / 'f3.png'}")):
+        writer.write(frames[0], "f3")
+
+
+def test_video_writer_names_the_file_when_the_disk_is_full(tmp_path):
+    os.symlink("/dev/full", tmp_path / "full.mp4")
+    writer = VideoWriter(str(tmp_path / "full.mp4"), Fraction(10), 16, 16)
+    for i in range(3):
+        writer.write(np.full((16, 16, 3), 80 * i, np.uint8))
+    with pytest.raises(OutputError) as e:
+        writer.close()  # the encoder holds the frames until the end: the error comes here
+    message = str(e.value)
+    assert message.startswith(f"writing the output video {tmp_path / 'full.mp4'} failed")
+    assert "after 3 frames (No space left on device)" in message
+    writer.close()  # closed once; nothing raised twice
 
 
 # ---------------------------------------------------------------- visualization (in-process)

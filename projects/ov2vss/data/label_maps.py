@@ -16,7 +16,10 @@ seen space (``SPLIT_PROTOCOLS``), evaluation splits need all three.
 :func:`prepare_vspw` walks a tree, checks it (split files, frames, masks, mask sizes and
 values) and writes the missing or outdated label maps (a label map is up to date when it is
 newer than its raw mask); ``datasets/prepare_vspw.py`` is its command line and the toy
-generator (``ov2vss.data.toy``) calls it on the data it draws. See datasets/README.md.
+generator (``ov2vss.data.toy``) calls it on the data it draws. With ``full`` it decodes every
+frame and every mask (:func:`check_frame`, :func:`check_mask`), so that a truncated JPEG or a
+bad mask value is found before a long run rather than in the middle of it. See
+datasets/README.md.
 """
 
 import functools
@@ -42,6 +45,7 @@ __all__ = [
     "label_map_path",
     "protocol_lut",
     "check_mask",
+    "check_frame",
     "save_png_atomically",
     "write_label_map",
     "PrepareReport",
@@ -135,6 +139,23 @@ def check_mask(
     return mask.astype(np.uint8), None
 
 
+def check_frame(path: str, size: Optional[Tuple[int, int]] = None) -> Optional[str]:
+    """Decode a frame completely: None, or a problem naming ``path`` (unreadable, truncated,
+    or not of ``size`` = (height, width), its video's frame size).
+
+    Reading only the header, as registration does, does not find a truncated JPEG.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError) as e:  # PIL reports corrupt data with these
+        return f"{path}: unreadable frame ({e})"
+    if size is not None and (height, width) != tuple(size):
+        return f"{path}: size {(height, width)} differs from the video's {tuple(size)}"
+    return None
+
+
 def save_png_atomically(labels: np.ndarray, path: str) -> None:
     """Write a uint8 PNG via a temporary file in the same folder and ``os.replace``, so that
     a reader never sees a half-written file."""
@@ -173,12 +194,14 @@ def write_label_map(
     num_classes: int,
     outputs: Sequence[Tuple[str, Sequence[int]]],
     force: bool = False,
+    verify: bool = False,
 ) -> Tuple[int, int, Optional[str]]:
     """Write the label maps of one raw mask: ``outputs`` = [(label map path, lut), ...].
 
     Label maps newer than the raw mask are skipped (all of them up to date: neither the mask
-    nor its frame is read) unless ``force``. A mask that fails :func:`check_mask` writes
-    nothing, and its existing label maps are removed (they would describe an older mask).
+    nor its frame is read, unless ``verify``) unless ``force``. A mask that fails
+    :func:`check_mask` writes nothing, and its existing label maps are removed (they would
+    describe an older mask).
 
     Args:
         raw_path: the raw mask.
@@ -186,13 +209,14 @@ def write_label_map(
         num_classes: N; raw values 0..N and 255 are allowed.
         outputs: label map paths with their 256-entry lut (:func:`protocol_lut`).
         force: rewrite up-to-date label maps too.
+        verify: check the mask even when nothing is to be written.
     Returns:
         (label maps written, label maps skipped, problem or None).
     """
     raw_mtime = os.stat(raw_path).st_mtime_ns if os.path.exists(raw_path) else 0
     todo = [(out, lut) for out, lut in outputs if force or not _up_to_date(out, raw_mtime)]
     skipped = len(outputs) - len(todo)
-    if not todo:
+    if not todo and not verify:
         return 0, skipped, None
     frame_size, problem = _frame_size(frame)
     if not problem:
@@ -209,8 +233,15 @@ def write_label_map(
     return len(todo), skipped, None
 
 
-def _write_task(task) -> Tuple[int, int, Optional[str]]:
-    return write_label_map(*task)
+def _prepare_task(task) -> Tuple[int, int, Optional[str], Optional[str]]:
+    """One annotated frame: (label maps written, skipped, mask problem, frame problem)."""
+    raw, frame, num_classes, outputs, force, verify, frame_size = task
+    # frame_size: (H, W) of the video, to decode the frame against (None: the frame is not read)
+    frame_problem = None
+    if frame_size is not None:
+        frame_problem = check_frame(frame, frame_size)
+        frame = frame_size  # the mask is checked against the video's size, even if the frame is bad
+    return (*write_label_map(raw, frame, num_classes, outputs, force, verify), frame_problem)
 
 
 # ---------------------------------------------------------------------------- a tree
@@ -223,6 +254,8 @@ class PrepareReport:
     written: int = 0  # label maps written
     skipped: int = 0  # label maps already up to date
     refused: int = 0  # raw masks refused (nothing written for them)
+    decoded: int = 0  # frames decoded with their masks (``full``)
+    bad_frames: int = 0  # frames that could not be decoded or have another size (``full``)
 
     def counts_line(self) -> str:
         return (
@@ -264,15 +297,17 @@ def prepare_vspw(
     force: bool = False,
     progress: bool = False,
     expected_videos: Optional[Dict[str, int]] = None,
+    full: bool = False,
 ) -> PrepareReport:
     """Check a VSPW-layout tree and (``write``) write its label maps.
 
     Checks: ``root/label_num_dic_final.json`` (if present) lists ``class_names``; each split
-    file exists, is non-empty and lists each video once; every video has frames and masks and
-    every mask has its frame; masks are single-channel PNGs of their frame's size with values
-    0..N and 255. With ``write`` every mask whose label maps are missing or older than it is
-    checked and converted (all masks are checked when nothing is up to date yet); without it
-    ``masks_per_video`` masks per video are read for the checks (-1: all).
+    file exists, is non-empty and lists each video once; every video has frames, every frame
+    its mask and every mask its frame; masks are single-channel PNGs of their frame's size with
+    values 0..N and 255. With ``write`` every mask whose label maps are missing or older than it
+    is checked and converted (all masks are checked when nothing is up to date yet); without it
+    ``masks_per_video`` masks per video are read for the checks (-1: all). ``full`` decodes
+    every frame and every mask, whether its label maps are up to date or not.
 
     Args:
         root: dataset root (``train.txt``..., ``data/<video>/{origin,mask}/``).
@@ -283,6 +318,7 @@ def prepare_vspw(
         progress: show a tqdm progress bar.
         expected_videos: {split: video count} of the official release; a different count
             is noted in the summary (not a problem).
+        full: decode every frame (truncated or corrupt files, sizes) and every mask.
     """
     from .datasets.register_vspw import load_vspw_video, read_split_file
     from .vspw_classes import parse_label_num_dic
@@ -332,42 +368,40 @@ def prepare_vspw(
             f"{split}: {len(names)} videos, {num_frames} frames, {num_records} annotated frames"
         )
 
-    if not write:
-        for records, _ in videos.values():
-            for r in _sample(records, masks_per_video):
-                size, problem = _frame_size(r["file_name"])
-                problem = problem or check_mask(r["raw_sem_seg_file_name"], size, num_classes)[1]
-                if problem:
-                    report.problems.append(problem)
-        return report
-
     tasks = []
     for video, (records, spaces) in videos.items():
-        for r in records:
+        chosen = records if write or full else _sample(records, masks_per_video)
+        for r in chosen:
             raw = r["raw_sem_seg_file_name"]
             outputs = [
                 (label_map_path(root, s, video, os.path.basename(raw)), luts[s]) for s in spaces
             ]
-            tasks.append((raw, r["file_name"], num_classes, outputs, force))
-    _run_tasks(tasks, workers, progress, report)
+            size = (r["height"], r["width"]) if full else None
+            verify = full or not write
+            tasks.append(
+                (raw, r["file_name"], num_classes, outputs if write else [], force, verify, size)
+            )
+    desc = "frames and masks" if full else "label maps" if write else "masks"
+    _run_tasks(tasks, workers, progress, report, desc)
+    report.decoded = len(tasks) if full else 0
     return report
 
 
-def _run_tasks(tasks: list, workers: int, progress: bool, report: PrepareReport) -> None:
+def _run_tasks(tasks: list, workers: int, progress: bool, report: PrepareReport, desc: str) -> None:
     from tqdm import tqdm
 
     first_problem = len(report.problems)
-    bar = tqdm(total=len(tasks), unit="mask", desc="label maps", disable=not progress)
+    bar = tqdm(total=len(tasks), unit="frame", desc=desc, disable=not progress)
     try:
         if workers > 1 and len(tasks) > 1:
             chunk = max(1, min(64, len(tasks) // (4 * workers)))
             with multiprocessing.Pool(workers) as pool:
-                for result in pool.imap_unordered(_write_task, tasks, chunksize=chunk):
+                for result in pool.imap_unordered(_prepare_task, tasks, chunksize=chunk):
                     _count(result, report)
                     bar.update()
         else:
             for task in tasks:
-                _count(_write_task(task), report)
+                _count(_prepare_task(task), report)
                 bar.update()
     finally:
         bar.close()
@@ -375,10 +409,13 @@ def _run_tasks(tasks: list, workers: int, progress: bool, report: PrepareReport)
     report.problems[first_problem:] = sorted(report.problems[first_problem:])
 
 
-def _count(result: Tuple[int, int, Optional[str]], report: PrepareReport) -> None:
-    written, skipped, problem = result
+def _count(result: Tuple[int, int, Optional[str], Optional[str]], report: PrepareReport) -> None:
+    written, skipped, problem, frame_problem = result
     report.written += written
     report.skipped += skipped
     if problem:
         report.problems.append(problem)
         report.refused += 1
+    if frame_problem:
+        report.problems.append(frame_problem)
+        report.bad_frames += 1

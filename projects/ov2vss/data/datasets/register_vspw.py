@@ -4,7 +4,7 @@ Layout under ``root`` (see datasets/README.md)::
 
     train.txt, val.txt, test.txt       one video name per line
     data/<video>/origin/<frame>.jpg    every frame of the video
-    data/<video>/mask/<frame>.png      annotation of (some of) the frames; raw values 0..N, 255
+    data/<video>/mask/<frame>.png      annotation of every frame; raw values 0..N, 255
     annotations_detectron2/<space>/<video>/<frame>.png
                                        label maps written by datasets/prepare_vspw.py
                                        (space: seen, unseen or all; see ov2vss.data.label_maps)
@@ -16,6 +16,12 @@ label map of its protocol's label space (ids 0..len(stuff_classes)-1, 255 elsewh
 detectron2's stock mapper and evaluator expect; ``raw_sem_seg_file_name`` is the raw mask,
 for what needs the original ids (INPUT.MASK_UNSEEN_PIXELS, VSPW's video consistency). A
 missing label map is an error naming the file and the prepare command.
+
+VSPW annotates every frame, so a video whose mask folder lacks the mask of one of its frames
+is an error naming the first missing mask (no record is silently left out of training or
+evaluation), and a video without any mask is reported as unannotated: it can be neither
+trained on nor evaluated. These checks list folders only; nothing is decoded
+(``datasets/prepare_vspw.py --full`` decodes every frame and mask, see datasets/README.md).
 """
 
 import collections
@@ -175,6 +181,17 @@ def _check_label_maps(
         )
 
 
+def _report_missing_masks(video: str, frames: List[str], annotated: set, mask_dir: str) -> None:
+    """VSPW annotates every frame: a frame without its mask is an error naming the first one."""
+    missing = [f for f in frames if os.path.splitext(f)[0] not in annotated]
+    first = os.path.join(mask_dir, os.path.splitext(missing[0])[0] + ".png")
+    raise FileNotFoundError(
+        f"mask {first} does not exist: {len(missing)} of {len(frames)} frames of video "
+        f"{video!r} have no mask, but VSPW annotates every frame (an incomplete download or "
+        f"extraction?); no frame is left out silently (see {_README})"
+    )
+
+
 def load_vspw_video(
     root: str,
     video: str,
@@ -182,7 +199,10 @@ def load_vspw_video(
     label_space: Optional[str] = None,
     prepare_command: Optional[str] = None,
 ) -> List[dict]:
-    """Records of one video of a VSPW-layout dataset (one per mask, in frame order).
+    """Records of one video of a VSPW-layout dataset (one per frame, in frame order).
+
+    Every frame must have its mask and every mask its frame (module docstring); the folders
+    are listed, nothing is decoded.
 
     Args:
         root: dataset root.
@@ -204,14 +224,13 @@ def load_vspw_video(
         raise FileNotFoundError(
             f"video {video!r} listed in {listed_in} has no frames: no .jpg in {frame_dir}"
         )
-    if not os.path.isdir(mask_dir):
-        raise FileNotFoundError(
-            f"video {video!r} listed in {listed_in} has no mask directory {mask_dir}"
-        )
-    masks = _list_files(mask_dir, ".png")
+    masks = _list_files(mask_dir, ".png") if os.path.isdir(mask_dir) else []
     if not masks:
-        raise ValueError(
-            f"video {video!r} listed in {listed_in} has no annotation: no .png in {mask_dir}"
+        where = "no .png in" if os.path.isdir(mask_dir) else "no mask folder"
+        raise FileNotFoundError(
+            f"video {video!r} listed in {listed_in} is unannotated ({where} {mask_dir}): "
+            "VSPW annotates every frame, and a video without masks can be neither trained on "
+            f"nor evaluated; complete the data or leave the video out of the split (see {_README})"
         )
     video_frames = VideoFrameList(frame_dir, frames)
     index = {os.path.splitext(f)[0]: i for i, f in enumerate(frames)}
@@ -239,6 +258,8 @@ def load_vspw_video(
             }
         )
         records.append(record)
+    if len(records) < len(frames):
+        _report_missing_masks(video, frames, {os.path.splitext(m)[0] for m in masks}, mask_dir)
     if label_space is not None:
         _check_label_maps(
             records,
@@ -277,7 +298,7 @@ def load_vspw_split(
     label_space: Optional[str] = None,
     prepare_command: Optional[str] = None,
 ) -> List[dict]:
-    """List one split of a VSPW-layout dataset: one record per mask file.
+    """List one split of a VSPW-layout dataset: one record per (annotated) frame.
 
     Args:
         root: dataset root (holds ``{split}.txt``, ``data/`` and ``annotations_detectron2/``).
