@@ -3,7 +3,9 @@
 
 One 480 x 853 window (the 4 frames t-9, t-6, t-3, t plus the random frame), the full VSPW
 vocabulary of 124 names, random weights (MODEL.WEIGHTS "" and MODEL.CLIP.PRETRAINED "", so
-nothing is downloaded). Each config runs in its own process so that its peak RSS
+nothing is downloaded; the SAM configs' backbone is then randomly initialised too). The frames
+enter at 480 x 853 whatever the config's INPUT.MIN_SIZE_TEST (the official preset would test
+at 576 x 1024). Each config runs in its own process so that its peak RSS
 (``ru_maxrss``) is its own. Target: peak RSS under 8 GB for the R-50 config.
 
     python benchmarks/bench_model_memory.py [--threads N] [--configs a.yaml b.yaml]
@@ -22,7 +24,14 @@ import time
 from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIGS = ["configs/vspw/ov2vss_R50.yaml", "configs/vspw/ov2vss_vitb16.yaml"]
+DEFAULT_CONFIGS = [
+    "configs/vspw/ov2vss_R50.yaml",
+    "configs/vspw/ov2vss_vitb16.yaml",
+    # the paper's ViT-B (SAM's image encoder), then the same with every switch at the official
+    # code's value (80 templates as cost-volume channels, P2T by ratios, 81 regions, ...)
+    "configs/vspw/ov2vss_sam_vitb.yaml",
+    "configs/vspw/ov2vss_sam_vitb_official.yaml",
+]
 TARGET_GB = {"configs/vspw/ov2vss_R50.yaml": 8.0}
 FRAME_SIZE = (480, 853)  # VSPW 480p
 GB = 1024**3

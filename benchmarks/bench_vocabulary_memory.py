@@ -5,8 +5,9 @@ The demo's path (:class:`ov2vss.VideoPredictor`, tiny config, random weights) on
 frames of 640 x 272 (bikes.mp4's size, test size 272), with 6, 124, 1000 and 5000 class names.
 Each row runs in its own process, so its peak RSS (``ru_maxrss``) is its own. The per-frame
 output [N, 272, 640] float32 itself grows with N; the target is that little else does: peak
-RSS above the state before the first frame stays within 1.1 x the output plus 300 MB (the
-decoder's logits at stride 4, 1/16 of the output, and the cost volume also scale with N).
+RSS above the state before the first frame stays within 1.1 x the output plus 500 MB: the
+decoder's logits at stride 4 (1/16 of the output) scale with N, and one chunk of
+MODEL.OV2VSS.CLASS_CHUNK classes' decoder activations (~420 MB here) is a constant.
 
     python benchmarks/bench_vocabulary_memory.py [--names 6 124 1000 5000] [--chunk C] [--json]
 """
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEIGHT, WIDTH, FRAMES = 272, 640, 3
 MB = 1024**2
-SLACK_MB = 300
+SLACK_MB = 500  # one chunk's decoder activations (CLASS_CHUNK 64 at stride 4: ~420 MB)
 
 
 def _peak_rss_bytes() -> int:

@@ -238,8 +238,8 @@ def test_every_metric_matches_hand_computation(dataset, tmp_path):
     _assert_same(results, _percent(EXPECTED))
     assert list(results["sem_seg"])[:4] == ["mIoU", "fwIoU", "mACC", "pACC"]
 
-    # metrics.json and nothing else; NaN (class 3 absent from the GT) is written as null
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    # metrics.json and its PNG report, no per-frame dump; NaN (class 3 absent) is written as null
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.png"]
     written = json.loads((out / "metrics.json").read_text())["sem_seg"]
     assert written["IoU-yellow ring"] is None
     assert written["mIoU"] == pytest.approx(100 * MIOU)
@@ -321,7 +321,11 @@ def test_dump_predictions_writes_rle_per_class(dataset, tmp_path):
     )
     _run(evaluator, files, [("a", 2)])
     evaluator.evaluate()
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "sem_seg_predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "report.png",
+        "sem_seg_predictions.json",
+    ]
     entries = json.loads((out / "sem_seg_predictions.json").read_text())
     assert [e["category_id"] for e in entries] == [0, 1, 2, 3]
     decoded = sum(
@@ -451,17 +455,92 @@ def test_video_consistency_matches_the_official_script(tmp_path):
             preds[(video, mask.name)] = pred.copy()
     name = f"test_vc_{uuid.uuid4().hex[:8]}"
     _register(name, records, lut, [0, 1], [2])
+    results = []
     try:
-        evaluator = VideoSemSegEvaluator(name, distributed=False, vc_windows=(2, 3, 4, 8))
+        for order in (reversed(records), records):  # out of order, then video by video
+            evaluator = VideoSemSegEvaluator(name, distributed=False, vc_windows=(2, 3, 4, 8))
+            evaluator.reset()
+            for r in order:
+                key = (r["video_id"], os.path.basename(r["sem_seg_file_name"]))
+                pred = torch.as_tensor(preds[key])
+                scores = torch.nn.functional.one_hot(pred, num_classes).permute(2, 0, 1).float()
+                evaluator.process([{"file_name": r["file_name"]}], [{"sem_seg": scores}])
+            results.append((evaluator.evaluate()["sem_seg"], evaluator.peak_frames_held))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert results[0][1] == len(records) and results[1][1] == 8  # maps held at once
+    for n in (2, 3, 4, 8):
+        official = _official_vc(str(tmp_path), preds, list(lengths), n)
+        for res, _ in results:
+            assert res[f"mVC{n}"] == pytest.approx(100 * official, rel=1e-12, abs=1e-12), n
+        assert results[0][0][f"mVC{n}"] == results[1][0][f"mVC{n}"]  # the very same number
+
+
+# ------------------------------------------------------------------ the in-order VC path
+
+
+def test_frames_in_order_hold_at_most_the_longest_window(dataset, monkeypatch):
+    """Video by video, frames in order (streaming evaluation): VC is computed as each video
+    goes, holding max(vc_windows) frames; any other order keeps more; the results are equal."""
+    name, files, _, _ = dataset
+    keys = list(PRED)  # video "a" 0..4, then "b" 0, 3, 5
+    in_order = VideoSemSegEvaluator(name, distributed=False, vc_windows=(2, 3))
+    _run(in_order, files, keys)
+    assert in_order.peak_frames_held == 3 and in_order.frames_held == 0
+    shuffled = keys[:]
+    random.Random(3).shuffle(shuffled)
+    interleaved = VideoSemSegEvaluator(name, distributed=False, vc_windows=(2, 3))
+    _run(interleaved, files, shuffled)
+    assert interleaved.peak_frames_held > 3
+    _assert_same(in_order.evaluate(), _percent(EXPECTED))
+    for _ in range(2):  # evaluate() leaves the state as it is
+        _assert_same(interleaved.evaluate(), _percent(EXPECTED))
+
+    # a video cut between two processes (the test loader's contiguous split): rank 0 holds
+    # the start of "a" in order, rank 1 its end (out of order) and "b" (in order)
+    rank0 = VideoSemSegEvaluator(name, distributed=True, vc_windows=(2, 3))
+    rank1 = VideoSemSegEvaluator(name, distributed=True, vc_windows=(2, 3))
+    _run(rank0, files, keys[:3])
+    _run(rank1, files, keys[3:])
+    assert rank0.frames_held == 3 and rank1.frames_held == 2  # a0..a2 | a3, a4
+    _as_main_process_of_two(monkeypatch, rank1)
+    _assert_same(rank0.evaluate(), _percent(EXPECTED))
+
+
+def test_one_video_id_with_several_frame_lists_is_several_videos(tmp_path):
+    """Cityscapes: the annotated frames of one sequence each have their own 30-frame snippet
+    (video_frames) and the same frame_index 19: they are different videos, not duplicates."""
+    lut = _lut(2)
+    records = []
+    for snippet, first in enumerate((275, 557)):
+        label = tmp_path / f"{snippet}.png"
+        Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).save(label)
+        frames = [str(tmp_path / f"seq_{f:06d}.png") for f in range(first, first + 30)]
+        records.append(
+            {
+                "file_name": frames[19],
+                "sem_seg_file_name": str(label),
+                "video_id": "frankfurt_000000",
+                "frame_index": 19,
+                "video_frames": frames,
+                "height": 2,
+                "width": 2,
+            }
+        )
+    name = f"test_snippets_{uuid.uuid4().hex[:8]}"
+    _register(name, records, lut, [0], [1])
+    try:
+        evaluator = VideoSemSegEvaluator(name, distributed=False, vc_windows=(2,))
         evaluator.reset()
-        for r in reversed(records):  # any order
-            pred = torch.as_tensor(preds[(r["video_id"], os.path.basename(r["sem_seg_file_name"]))])
-            scores = torch.nn.functional.one_hot(pred, num_classes).permute(2, 0, 1).float()
-            evaluator.process([{"file_name": r["file_name"]}], [{"sem_seg": scores}])
+        for r in records:
+            scores = torch.nn.functional.one_hot(torch.tensor([[0, 1], [1, 1]]), 2)
+            evaluator.process(
+                [{"file_name": r["file_name"]}], [{"sem_seg": scores.permute(2, 0, 1).float()}]
+            )
         res = evaluator.evaluate()["sem_seg"]
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    for n in (2, 3, 4, 8):
-        official = _official_vc(str(tmp_path), preds, list(lengths), n)
-        assert res[f"mVC{n}"] == pytest.approx(100 * official, rel=1e-12, abs=1e-12), n
+    assert res["pACC"] == pytest.approx(75.0)
+    assert math.isnan(res["mVC2"])  # one frame per video: no window

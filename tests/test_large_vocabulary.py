@@ -39,7 +39,7 @@ def test_chunked_classes_give_the_unchunked_outputs(tiny_cfg):
 
 def test_a_3000_name_vocabulary_stays_near_the_output_size(repo_root):
     """Peak RSS of a streamed 640x272 frame with 3000 names, measured in its own process:
-    growth within 1.1 x the [3000, 272, 640] output + 300 MB (unchunked it was ~17 GB)."""
+    growth within 1.1 x the [3000, 272, 640] output + 500 MB (unchunked it was ~17 GB)."""
     script = os.path.join(repo_root, "benchmarks", "bench_vocabulary_memory.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -49,4 +49,4 @@ def test_a_3000_name_vocabulary_stays_near_the_output_size(repo_root):
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["names"] == 3000 and row["output_mb"] > 1900
     assert row["ok"] and proc.returncode == 0, row
-    assert row["growth_mb"] <= 1.1 * row["output_mb"] + 300
+    assert row["growth_mb"] <= 1.1 * row["output_mb"] + 500

@@ -119,6 +119,21 @@ ABLATIONS = {
     "no_vte": ["MODEL.OV2VSS.VTE.ENABLED", False],
     "vte_attention_only": ["MODEL.OV2VSS.VTE.USE_FFN", False],
     "fusion_add": ["MODEL.OV2VSS.STCF.FUSION", "add"],
+    # the official code's choices (README "Differences from the official code")
+    "templates_as_channels": [
+        "MODEL.CLIP.TEMPLATE_MODE",
+        "channels",
+        "MODEL.CLIP.PROMPT_TEMPLATES",
+        "vild",
+    ],
+    "pool_by_ratios": ["MODEL.OV2VSS.POOL_MODE", "ratio", "MODEL.OV2VSS.STCF.AGGREGATE", "shared"],
+    "stcf_shared_aggregation": ["MODEL.OV2VSS.STCF.AGGREGATE", "shared"],
+    "rfe_conv3x3_81_regions": [
+        "MODEL.OV2VSS.RFE.REGION_HEAD",
+        "conv3x3",
+        "MODEL.OV2VSS.RFE.NUM_REGIONS",
+        81,
+    ],
 }
 
 

@@ -215,6 +215,41 @@ def test_stcf_cross_scale_aggregation_equals_eq_5():
     )
 
 
+def test_stcf_shared_aggregation_equals_eq_5_with_one_conv_per_token_map():
+    """AGGREGATE "shared" (the official HPN): B^1 = Conv(Upsample(B^2) + A^1) with one 1 -> 1
+    conv applied to each token's map on its own; works with P2T "ratio" pools (P varies)."""
+    scales = SCALES[:2]
+    pools = nn.ModuleList(P2TPooling(DIM, mode="ratio", stride=s) for s in (4, 8))
+    stcf = SpatialTemporalContextFusion(DIM, pools, "concat", aggregate="shared")
+    assert stcf.aggregate[0].weight.shape == (1, 1, 3, 3)
+    feats = clip_features(2, scales=scales)
+    out = run_stcf(stcf, feats)
+    with torch.no_grad():
+        maps, values = [], []
+        for s, (h, w) in enumerate(scales):
+            past = stcf.pools[s](feats[0][s])
+            q = stcf.q_proj[s](feats[1][s].flatten(2).transpose(1, 2))
+            k, v = stcf.k_proj[s](past), stcf.v_proj[s](past)
+            a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(DIM), dim=-1)
+            maps.append(a.transpose(1, 2).reshape(2, -1, h, w))
+            values.append(v)
+        num_tokens = maps[0].shape[1]
+        assert num_tokens == pools[0].token_count(*scales[0]) == pools[1].token_count(*scales[1])
+        up = F.interpolate(maps[1], size=scales[0], mode="bilinear", align_corners=False)
+        conv = stcf.aggregate[0]
+        b1 = torch.cat(
+            [F.conv2d((up + maps[0])[:, p : p + 1], conv.weight, conv.bias, padding=1)
+             for p in range(num_tokens)],
+            dim=1,
+        )  # fmt: skip
+        o_t = b1.flatten(2).transpose(1, 2) @ values[0]
+        own = feats[1][0].flatten(2).transpose(1, 2)
+        expected = stcf.norm(stcf.fuse(torch.cat([own, o_t], dim=-1)))
+    torch.testing.assert_close(
+        out, expected.transpose(1, 2).reshape(out.shape), atol=1e-5, rtol=1e-5
+    )
+
+
 def test_stcf_fusion_is_gradual_over_every_frame():
     """Every clip frame reaches O_t, and the order matters (t-9 -> t-6 -> t-3 -> t)."""
     stcf = make_stcf().eval()
@@ -235,6 +270,8 @@ def test_stcf_rejects_bad_config():
     pools = nn.ModuleList([P2TPooling(DIM, (1, 2)), P2TPooling(DIM, (1, 2, 3))])
     with pytest.raises(ValueError, match="same number of tokens"):
         SpatialTemporalContextFusion(DIM, pools)
+    with pytest.raises(ValueError, match="AGGREGATE"):
+        SpatialTemporalContextFusion(DIM, nn.ModuleList([P2TPooling(DIM)]), aggregate="mean")
 
 
 # ---------------------------------------------------------------------------------- RFE
@@ -279,6 +316,31 @@ def test_rfe_cross_attention_equals_eq_10_for_identical_regions():
     )
 
 
+def test_rfe_conv3x3_region_head_is_a_3_tap_conv_along_the_tokens():
+    """REGION_HEAD "conv3x3" (the official dsn_head on a [1, C, 1, P] layout): L_d =
+    Conv1x1(ReLU(BN(Conv1d_k3(D)))) per window; windows of a batch do not mix (eval mode)."""
+    rfe = RandomFrameEnhancement(DIM, 3, num_regions=81, num_heads=4, region_head="conv3x3")
+    rfe.train()
+    pooled = [torch.randn(2, 14, DIM) for _ in range(3)]
+    regions = rfe.regions(pooled)
+    assert regions.shape == (2, 81, DIM)
+    regions.pow(2).sum().backward()
+    assert_every_param_has_grad(rfe.region_logits)
+    rfe.eval()
+    with torch.no_grad():
+        conv, bn, _, out_conv = rfe.region_logits
+        d = rfe.merge(torch.cat(pooled, dim=-1))  # [B, P, C]
+        x = F.conv1d(d.transpose(1, 2), conv.weight, conv.bias, padding=1)
+        x = (x - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps)
+        x = F.relu(x * bn.weight[:, None] + bn.bias[:, None])
+        weights = torch.softmax(F.conv1d(x, out_conv.weight, out_conv.bias), dim=-1)
+        torch.testing.assert_close(rfe.regions(pooled), weights @ d, atol=1e-5, rtol=1e-5)
+        other = [torch.cat([p[:1], torch.randn(1, 14, DIM)]) for p in pooled]
+        torch.testing.assert_close(rfe.regions(other)[0], rfe.regions(pooled)[0])
+    with pytest.raises(ValueError, match="REGION_HEAD"):
+        RandomFrameEnhancement(DIM, 3, region_head="conv5x5")
+
+
 # ---------------------------------------------------------------------------------- VTE
 def test_vte_starts_as_identity_then_learns():
     """Zero-initialised residual branches: F^T_bar = F^T at init (training starts from CLIP's
@@ -312,6 +374,24 @@ def test_vte_without_ffn_and_batched_text():
     torch.testing.assert_close(shared, batched)
     # each class is refined on its own: a class's output does not depend on the others
     torch.testing.assert_close(vte(text[:1], visual), shared[:, :1], atol=1e-6, rtol=1e-5)
+
+
+def test_vte_refines_each_class_and_template_on_its_own():
+    """Templates as channels: text [N, T, D] -> [B, N, T, D], every (class, template) a query
+    of its own (the official VideoSpecificPrompt), class chunks change nothing."""
+    vte = VideoTextEncoder(DIM, num_heads=2, class_chunk=2, template_channels=True)
+    nn.init.normal_(vte.attn.out_proj.weight, std=0.1)
+    nn.init.normal_(vte.ffn[-1].weight, std=0.1)
+    text, visual = torch.randn(5, 3, DIM), torch.randn(2, 12, DIM)
+    out = vte(text, visual)
+    assert out.shape == (2, 5, 3, DIM)
+    flat = VideoTextEncoder(DIM, num_heads=2, class_chunk=64)
+    flat.load_state_dict(vte.state_dict())
+    torch.testing.assert_close(out, flat(text.reshape(15, DIM), visual).view(2, 5, 3, DIM))
+    torch.testing.assert_close(vte(text[2:3, 1:2], visual), out[:, 2:3, 1:2], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(vte(text.expand(2, 5, 3, DIM), visual), out)
+    with pytest.raises(ValueError, match="templates as channels"):
+        vte(torch.randn(5, DIM), visual)
 
 
 def test_cosine_cost_volume_equals_explicit_cosine():
@@ -360,6 +440,25 @@ def test_head_scores_each_class_independently():
             torch.testing.assert_close(
                 head(cost[:, idx], u1, o_hat, (12, 16)), full[:, idx], atol=1e-5, rtol=1e-5
             )
+
+
+def test_head_with_template_channels():
+    """A [B, N, T, h, w] cost volume: the first conv takes the T channels of a class; classes
+    stay independent; a cost volume with another T is refused."""
+    head = OpenVocabularyHead(10, 24, cost_dim=8, pos_dim=6, decoder_dim=12, text_channels=5)
+    assert head.cost_conv[0].in_channels == 5
+    cost = torch.rand(2, 7, 5, 12, 16) * 2 - 1
+    u1, o_hat = torch.randn(2, 10, 24, 32), torch.randn(2, 24, 12, 16)
+    out = head(cost, u1, o_hat, (6, 8))
+    assert out.shape == (2, 7, 6, 8)
+    out.pow(2).sum().backward()
+    assert_every_param_has_grad(head)
+    with torch.no_grad():
+        torch.testing.assert_close(head(cost[:, 3:5], u1, o_hat, (6, 8)), out[:, 3:5].detach())
+    with pytest.raises(ValueError, match="5 cost-volume channel"):
+        head(cost[:, :, :2], u1, o_hat, (6, 8))
+    with pytest.raises(ValueError, match="5 cost-volume channel"):
+        head(cost[:, :, 0], u1, o_hat, (6, 8))
 
 
 def test_head_never_builds_the_joined_class_pixel_tensor():
@@ -465,6 +564,28 @@ def test_clip_embeddings_average_over_templates(monkeypatch):
     single = make_adapter(templates=templates[:1])
     single.model.load_state_dict(adapter.model.state_dict())
     assert (single.eval().encode_vocabulary(["red circle"])[0] - emb[0]).abs().max() > 1e-4
+
+
+def test_clip_templates_as_channels():
+    """TEMPLATE_MODE "channels": [N, T, D] unit embeddings, one per template; their
+    template_mean is exactly "mean" mode's embedding; both modes are cached separately."""
+    from ov2vss.modeling.clip_adapter import template_mean
+
+    templates = ["a photo of a {}.", "a drawing of the {}", "{} in the scene"]
+    adapter = CLIPAdapter(fresh_tiny_clip(), TINY_CLIP, templates, template_mode="channels").eval()
+    assert adapter.text_channels == 3
+    counter = CallCounter(adapter.model)
+    names = ["red circle", "green star"]
+    emb = adapter.encode_vocabulary(names)
+    assert emb.shape == (2, 3, 64)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2, 3))
+    mean = adapter.encode_vocabulary(names, template_mode="mean")
+    assert counter.calls == 2 and mean.shape == (2, 64)
+    torch.testing.assert_close(template_mean(emb), mean, atol=0, rtol=0)
+    adapter.encode_vocabulary(names)
+    assert counter.calls == 2  # cached per mode
+    with pytest.raises(ValueError, match="TEMPLATE_MODE"):
+        CLIPAdapter(fresh_tiny_clip(), TINY_CLIP, templates, template_mode="max")
 
 
 def test_prompt_template_sets():

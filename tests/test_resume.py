@@ -256,3 +256,66 @@ def test_amp_trainer_by_device():
     cfg.MODEL.DEVICE = "meta"
     with pytest.raises(SetupError, match="supported on cuda and cpu, not MODEL.DEVICE=meta"):
         build_step_trainer(cfg, model, [], opt)
+
+
+# ---------------------------------------------------------------------------- accumulation
+ACCUMULATE = ("SOLVER.ACCUMULATE_STEPS", "2")
+
+
+@pytest.fixture(scope="module")
+def accumulated(train, toy_root, tmp_path_factory):
+    """SOLVER.ACCUMULATE_STEPS 2, MAX_ITER 5: optimizer steps after iterations 1, 3 and 4
+    (the last group is cut short). The run killed during iteration 4 has its last checkpoint
+    after iteration 2, in the middle of the group of iterations 2-3."""
+    full, _ = train(toy_root, str(tmp_path_factory.mktemp("acc_full")), extra=ACCUMULATE)
+    killed_dir = str(tmp_path_factory.mktemp("acc_killed") / "run")
+    train(toy_root, killed_dir, crash_at=CRASH_AT, extra=ACCUMULATE)
+    return weights(full), killed_dir
+
+
+def test_resume_in_the_middle_of_an_accumulation_group(
+    train, accumulated, uninterrupted, tmp_path, toy_root
+):
+    """The mid-group checkpoint holds the partial gradients of iteration 2; the resumed run
+    adds iteration 3's to them and ends bitwise where the uninterrupted run ends."""
+    ref, killed_dir = accumulated
+    assert any(not torch.equal(ref[k], uninterrupted[0][k]) for k in ref)  # accumulation is on
+    ckpt = torch.load(os.path.join(killed_dir, "model_0000002.pth"), weights_only=True)
+    acc = ckpt["trainer"]["_trainer"]["accumulation"]
+    assert acc["group_start"] == 2 and len(acc["grads"]) > 0
+    out = copy_run(killed_dir, tmp_path)
+    trainer, losses = train(toy_root, out, resume=True, extra=ACCUMULATE)
+    assert trainer.start_iter == 3 and sorted(losses) == [3, 4]
+    assert_same_weights(weights(trainer), ref)
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert "accumulation" not in final["trainer"]["_trainer"]  # ends on a complete group
+
+
+def test_resume_mid_group_needs_the_saved_gradients(train, accumulated, tmp_path, toy_root, caplog):
+    """Control: without the stored partial gradients, the step after iteration 3 misses
+    iteration 2's micro-batch, the weights differ and a warning says so."""
+    ref, killed_dir = accumulated
+    out = copy_run(killed_dir, tmp_path)
+    path = os.path.join(out, "model_0000002.pth")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["trainer"]["_trainer"]["accumulation"]
+    torch.save(ckpt, path)
+    trainer, _ = train(toy_root, out, resume=True, extra=ACCUMULATE)
+    assert any(not torch.equal(v, ref[k]) for k, v in weights(trainer).items())
+    assert "holds no gradients of iterations 2-2" in caplog.text
+
+
+def test_initial_weights_depend_on_the_seed_only(parse_args, toy_root, tmp_path):
+    """The model's initialisation is drawn from SEED, whatever consumed the global random
+    generators before (e.g. generating data or evaluating a baseline first)."""
+
+    def initial(name, seed):
+        args = parse_args(toy_root, str(tmp_path / name), "SEED", str(seed), "DATASETS.TEST", "()")
+        return Trainer(setup(args)).model.state_dict()
+
+    a = initial("a", 0)
+    torch.rand(1000)
+    b = initial("b", 0)
+    c = initial("c", 1)
+    assert_same_weights(a, b)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())

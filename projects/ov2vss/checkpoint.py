@@ -14,6 +14,9 @@
   file, the first differing tensors, and the config keys the checkpoint was trained with.
   Initialising training from a backbone file (ImageNet ``.pkl``, SAM) loads the backbone only,
   and a backbone tensor the file lacks is an error.
+* Checkpoints also hold the model's training vocabulary (``train_class_texts``, beside the
+  tensors, not in the state dict), restored on load for calibrated stacking
+  (``MODEL.OV2VSS.SEEN_BIAS``); checkpoints written without it still load.
 """
 
 from __future__ import annotations
@@ -328,7 +331,26 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
                     f"{self._loading} initialised the backbone; not in the file, so left as "
                     f"built: {', '.join(fresh)} ({len(problems.missing)} tensors)"
                 )
+        self._restore_training_vocabulary(checkpoint.get("train_class_texts"))
         return incompatible
+
+    def _restore_training_vocabulary(self, saved: Optional[Sequence[str]]) -> None:
+        """The vocabulary the checkpoint's weights were trained on (saved by :meth:`save`;
+        older checkpoints have none): it tells calibrated stacking (MODEL.OV2VSS.SEEN_BIAS)
+        which classes are seen. A model built without one (the demo: DATASETS.TRAIN empty)
+        takes it; one built with another keeps its own, which its training labels index."""
+        if saved is None or not hasattr(self.model, "train_class_texts"):
+            return
+        saved = [str(t) for t in saved]
+        current = list(self.model.train_class_texts)
+        if not current:
+            self.model.train_class_texts = saved
+        elif current != saved:
+            self.logger.warning(
+                f"{self._loading} was trained on a vocabulary of {len(saved)} classes, the "
+                f"config's DATASETS.TRAIN has another ({len(current)} classes): the config's is "
+                "kept as the training vocabulary (and the seen classes of MODEL.OV2VSS.SEEN_BIAS)"
+            )
 
     def _check_complete(self, checkpoint: Dict[str, Any]) -> None:
         theirs = {_strip_module(k): v for k, v in checkpoint["model"].items()}
@@ -398,6 +420,9 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
             data[key] = obj.state_dict()
         if self.config is not None:
             data["config"] = self.config.dump()  # to explain a later mismatch
+        vocabulary = getattr(self.model, "train_class_texts", None)
+        if vocabulary is not None:  # for calibration at inference (_restore_training_vocabulary)
+            data["train_class_texts"] = list(vocabulary)
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)

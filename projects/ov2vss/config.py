@@ -28,6 +28,8 @@ def add_ov2vss_config(cfg: CN) -> None:
     # temporal distances k_1 > ... > k_n of the reference frames t-k (paper IV-B: 9, 6, 3)
     cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS = [9, 6, 3]
     cfg.INPUT.TEMPORAL.RANDOM_FRAME = True  # also load the distant "random" frame (RFE input)
+    # training: probability of playing a window backwards, references t+k (official code: 0.5)
+    cfg.INPUT.TEMPORAL.REVERSE_PROB = 0.0
     # deprecated names of INPUT.TEMPORAL.* (None = not given); see RENAMED_KEYS
     cfg.INPUT.CLIP = CN()
     cfg.INPUT.CLIP.REFERENCE_OFFSETS = None
@@ -35,6 +37,8 @@ def add_ov2vss_config(cfg: CN) -> None:
     # paper IV-C: hide pixels of classes outside the training vocabulary in the input frames
     cfg.INPUT.MASK_UNSEEN_PIXELS = False
     cfg.INPUT.COLOR_AUG_SSD = False  # photometric augmentation (one draw per window)
+    # with COLOR_AUG_SSD: one photometric draw per frame instead of per window (official code)
+    cfg.INPUT.COLOR_AUG_PER_FRAME = False
     cfg.INPUT.SIZE_DIVISIBILITY = 32  # pad frames so H, W divide this (ResNet needs /32)
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
     cfg.INPUT.CROP.ENABLED = True
@@ -50,6 +54,11 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.OV2VSS.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps U^1..U^L
     cfg.MODEL.OV2VSS.HIDDEN_DIM = 256  # channel width C of the temporal branch (STCF/RFE)
     cfg.MODEL.OV2VSS.POOL_SIZES = [1, 2, 3, 6]  # P2T output grids; P = sum(s*s) tokens per scale
+    # P2T grids: "grid" (POOL_SIZES) or "ratio" (map size / POOL_RATIOS, official code)
+    cfg.MODEL.OV2VSS.POOL_MODE = "grid"
+    cfg.MODEL.OV2VSS.POOL_RATIOS = [2, 4, 6, 8]  # "ratio": grid of ratio r = round(H16 / r)
+    # "ratio": the ratios divide the map of this stride (official: SAM's 1/16 maps), at every scale
+    cfg.MODEL.OV2VSS.POOL_RATIO_STRIDE = 16
     cfg.MODEL.OV2VSS.NUM_HEADS = 8  # attention heads in RFE and video text encoding
     cfg.MODEL.OV2VSS.MAIN_LOSS_WEIGHT = 1.0  # alpha in Eq. 15
     cfg.MODEL.OV2VSS.AUX_LOSS_WEIGHT = 1.0  # beta in Eq. 15
@@ -61,10 +70,15 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.OV2VSS.STCF = CN()
     cfg.MODEL.OV2VSS.STCF.ENABLED = True  # off: the target frame's own features are used
     cfg.MODEL.OV2VSS.STCF.FUSION = "concat"  # how O_t joins U_t: "concat" or "add" (Table III)
+    # Eq. 5's conv: "tokens" (Conv2d(P, P), needs POOL_MODE "grid") or "shared" (one conv for
+    # every token's map, as the official code's HPN; any P)
+    cfg.MODEL.OV2VSS.STCF.AGGREGATE = "tokens"
     # RFE: random frame enhancement (paper III-B)
     cfg.MODEL.OV2VSS.RFE = CN()
     cfg.MODEL.OV2VSS.RFE.ENABLED = True
     cfg.MODEL.OV2VSS.RFE.NUM_REGIONS = 16  # soft regions in L_d = Conv(D_random) (Eq. 9)
+    # the Conv of Eq. 9: "linear" (1x1) or "conv3x3" (3-tap conv-BN-ReLU + 1x1, official code)
+    cfg.MODEL.OV2VSS.RFE.REGION_HEAD = "linear"
     # VTE: video text encoding (paper III-C)
     cfg.MODEL.OV2VSS.VTE = CN()
     cfg.MODEL.OV2VSS.VTE.ENABLED = True  # off: plain CLIP text embeddings
@@ -80,6 +94,9 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.OV2VSS.HEAD.DECODER_STRIDE = 8  # per-class decoding stride; logits are upsampled
     # vocabulary used at inference when no dataset metadata supplies one (demo / API)
     cfg.MODEL.OV2VSS.TEST_VOCABULARY = []
+    # gamma >= 0 subtracted at inference from the log-probabilities of classes in the training
+    # vocabulary (calibrated stacking; README "The main job"); 0 = the paper's protocols
+    cfg.MODEL.OV2VSS.SEEN_BIAS = 0.0
 
     # CLIP (open_clip)
     cfg.MODEL.CLIP = CN()
@@ -92,6 +109,8 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.FINETUNE = "none"
     # prompt templates: "vild", "imagenet", "single", or an explicit list of "{}" strings
     cfg.MODEL.CLIP.PROMPT_TEMPLATES = "vild"
+    # "mean" (one embedding per class) or "channels" (one cost-volume channel per template)
+    cfg.MODEL.CLIP.TEMPLATE_MODE = "mean"
     cfg.MODEL.CLIP.INPUT_SIZE = 384  # short side fed to the CLIP image tower for dense features
     # last image block for dense F^V: "qk" (as in CLIP) or "vv" (official code: value path only)
     cfg.MODEL.CLIP.DENSE_MODE = "qk"
@@ -121,10 +140,18 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.SOLVER.HEAD_MULTIPLIER = 10.0  # lr multiplier of the new modules (official code: x10)
     cfg.SOLVER.POLY_LR_POWER = 0.9  # poly decay after warm-up
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # micro-batches of IMS_PER_BATCH per optimizer step; an iteration is one micro-batch
+    # (README "Differences from the official code"); official code: 4
+    cfg.SOLVER.ACCUMULATE_STEPS = 1
+    # biases and other 1-D parameters outside norm layers: None = WEIGHT_DECAY_NORM (default),
+    # a number = their weight decay (official code: WEIGHT_DECAY)
+    cfg.SOLVER.WEIGHT_DECAY_BIAS = None
 
     # ---------------------------------------------------------------- evaluation
     cfg.TEST.VC_WINDOWS = [8, 16]  # video-consistency windows (mVC8, mVC16)
     cfg.TEST.DUMP_PREDICTIONS = False  # per-frame JSON dump (huge on VSPW; off by default)
+    # evaluate video by video, each frame encoded once (False: window by window, test loader)
+    cfg.TEST.STREAMING = True
 
 
 def apply_renamed_keys(cfg: CN) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,13 +22,13 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from .modeling.clip_adapter import CLIPAdapter, build_clip_adapter
+from .modeling.clip_adapter import CLIPAdapter, build_clip_adapter, template_mean
 from .modeling.head import OpenVocabularyHead, TextAlignedAuxHead
 from .modeling.p2t_pooling import P2TPooling
 from .modeling.rfe import RandomFrameEnhancement
 from .modeling.stcf import SpatialTemporalContextFusion
 from .modeling.video_text_encoding import VideoTextEncoder, cosine_cost_volume
-from .vocabulary import dataset_vocabulary, validate_vocabulary
+from .vocabulary import dataset_vocabulary, validate_vocabulary, vocabulary_key
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class OV2VSS(nn.Module):
         input_format: str,
         train_class_texts: Sequence[str],
         test_class_texts: Sequence[str],
+        seen_bias: float = 0.0,
     ):
         """
         Args:
@@ -82,6 +84,7 @@ class OV2VSS(nn.Module):
             decoder_stride: stride of per-class decoding; logits are upsampled.
             main_loss_weight, aux_loss_weight: alpha and beta of Eq. 15.
             train_class_texts / test_class_texts: vocabularies of training and inference.
+            seen_bias: gamma of calibrated stacking (MODEL.OV2VSS.SEEN_BIAS; :meth:`postprocess`).
         """
         super().__init__()
         # registration order = creation order in from_config (keeps seeded initialisation)
@@ -107,6 +110,7 @@ class OV2VSS(nn.Module):
         self.input_format = input_format
         self.train_class_texts = list(train_class_texts)
         self.test_class_texts = list(test_class_texts)
+        self.set_seen_bias(seen_bias)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -136,17 +140,35 @@ class OV2VSS(nn.Module):
         lateral = nn.ModuleList(nn.Conv2d(shapes[f].channels, hidden, 1) for f in in_features)
         # P2T pools feed only STCF and RFE; without both they would get no gradient (DDP fails)
         use_pools = m.STCF.ENABLED or m.RFE.ENABLED
-        pools = nn.ModuleList(P2TPooling(hidden, m.POOL_SIZES) for _ in in_features if use_pools)
+        pools = nn.ModuleList(
+            P2TPooling(
+                hidden,
+                m.POOL_SIZES,
+                mode=m.POOL_MODE,
+                ratios=m.POOL_RATIOS,
+                stride=shapes[f].stride,
+                ratio_stride=m.POOL_RATIO_STRIDE,
+            )
+            for f in in_features
+            if use_pools
+        )
         stcf = (
-            SpatialTemporalContextFusion(hidden, pools, m.STCF.FUSION) if m.STCF.ENABLED else None
+            SpatialTemporalContextFusion(hidden, pools, m.STCF.FUSION, m.STCF.AGGREGATE)
+            if m.STCF.ENABLED
+            else None
         )
         rfe = (
-            RandomFrameEnhancement(hidden, len(in_features), m.RFE.NUM_REGIONS, m.NUM_HEADS)
+            RandomFrameEnhancement(
+                hidden, len(in_features), m.RFE.NUM_REGIONS, m.NUM_HEADS, m.RFE.REGION_HEAD
+            )
             if m.RFE.ENABLED
             else None
         )
+        template_channels = clip.template_mode == "channels"
         vte = (
-            VideoTextEncoder(clip.embed_dim, m.NUM_HEADS, m.VTE.USE_FFN, m.CLASS_CHUNK)
+            VideoTextEncoder(
+                clip.embed_dim, m.NUM_HEADS, m.VTE.USE_FFN, m.CLASS_CHUNK, template_channels
+            )
             if m.VTE.ENABLED
             else None
         )
@@ -158,6 +180,7 @@ class OV2VSS(nn.Module):
             m.HEAD.DECODER_DIM,
             m.HEAD.TEMPERATURE_INIT,
             m.CLASS_CHUNK,
+            clip.text_channels,
         )
         aux_head = (
             TextAlignedAuxHead(hidden, clip.embed_dim, m.HEAD.TEMPERATURE_INIT)
@@ -187,6 +210,7 @@ class OV2VSS(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "train_class_texts": train_texts,
             "test_class_texts": test_texts,
+            "seen_bias": m.SEEN_BIAS,
         }
 
     @property
@@ -197,6 +221,48 @@ class OV2VSS(nn.Module):
     def set_test_vocabulary(self, class_texts: Sequence[str]) -> None:
         """Vocabulary used at inference (any size; no retraining needed)."""
         self.test_class_texts = validate_vocabulary(class_texts)
+
+    # ------------------------------------------------------------------ calibration
+    def set_seen_bias(self, gamma: float) -> None:
+        """Set gamma of calibrated stacking (MODEL.OV2VSS.SEEN_BIAS; see :meth:`postprocess`):
+        a finite number >= 0, 0 = no calibration (the paper's protocols)."""
+        try:
+            value = float(gamma)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"MODEL.OV2VSS.SEEN_BIAS={gamma!r}: the seen bias must be a finite number >= 0 "
+                "(0 = no calibration; README, 'The main job')"
+            )
+        self.seen_bias = value
+
+    def seen_class_mask(self, class_texts: Sequence[str]) -> List[bool]:
+        """Which classes of ``class_texts`` are in the training vocabulary (names compared as
+        CLIP's tokenizer sees them: case and whitespace runs ignored)."""
+        train = {vocabulary_key(t) for t in self.train_class_texts}
+        return [vocabulary_key(t) in train for t in class_texts]
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated stacking (Chao et al. 2016): ``log p_c - gamma * [c seen]``, renormalised.
+
+        The softmax of :meth:`postprocess` renormalises, and log p differs from the logits by
+        a per-pixel constant, so subtracting gamma from the seen classes' logits [B, N, h, w]
+        (N = the active vocabulary) is the same; bilinear upsampling commutes with a per-class
+        constant. Unchanged when gamma is 0 or no class of the vocabulary is seen.
+        """
+        if self.seen_bias == 0:
+            return logits
+        texts = self.active_class_texts
+        if logits.shape[1] != len(texts):
+            raise ValueError(
+                f"logits have {logits.shape[1]} classes but the vocabulary has {len(texts)}"
+            )
+        mask = self.seen_class_mask(texts)
+        if not any(mask):
+            return logits
+        bias = torch.tensor(mask, dtype=logits.dtype, device=logits.device) * self.seen_bias
+        return logits - bias.view(1, -1, 1, 1)
 
     @contextlib.contextmanager
     def vocabulary(self, class_texts: Sequence[str]) -> Iterator[None]:
@@ -318,7 +384,7 @@ class OV2VSS(nn.Module):
 
         o_t: STCF output; regions: L_r of the random frame (None without RFE); dense: CLIP
         features of the dense positions [B, T', D, h, w] (target last); finest: the target's
-        raw U^1; text: F^T [N, D].
+        raw U^1; text: F^T [N, D] (or [N, T, D], MODEL.CLIP.TEMPLATE_MODE "channels").
         """
         o_hat = self.rfe(o_t, regions) if self.rfe is not None else o_t  # III-B, Eq. 10
         # III-C: video text encoding on the window's dense CLIP features, cost volume (Eqs. 11-12)
@@ -326,7 +392,9 @@ class OV2VSS(nn.Module):
             bsz, _, dim = dense.shape[:3]
             tokens = dense.permute(0, 1, 3, 4, 2).reshape(bsz, -1, dim)
             text = self.vte(text, tokens)
-        cost = cosine_cost_volume(text, dense[:, -1])
+        elif text.dim() == 3:  # [N, T, D] templates as channels, no VTE: one copy per window
+            text = text.unsqueeze(0).expand(dense.shape[0], -1, -1, -1)
+        cost = cosine_cost_volume(text, dense[:, -1])  # [B, N, h, w] or [B, N, T, h, w]
         # Eqs. 13-15: class-agnostic head at the decoder stride, logits upsampled
         dec_size = (padded_size[0] // self.decoder_stride, padded_size[1] // self.decoder_stride)
         return self.head(cost, finest, o_hat, dec_size)
@@ -347,7 +415,9 @@ class OV2VSS(nn.Module):
 
         Large vocabularies go through in chunks of classes (two passes: the softmax
         normaliser, then the probabilities), so the peak is the [N, H, W] output itself.
+        With MODEL.OV2VSS.SEEN_BIAS > 0 the seen classes are calibrated first (:meth:`calibrate`).
         """
+        logits = self.calibrate(logits)
         results = []
         for lg, size, (h, w) in zip(logits, image_sizes, output_sizes):
             lg = lg.unsqueeze(0)
@@ -388,10 +458,11 @@ class OV2VSS(nn.Module):
         )
         o_t = self.temporal_context(per_frame, first_pooled)
 
-        text = self.clip.encode_vocabulary(class_texts)  # F^T [N, D]
-        aux_logits = (
-            self.aux_head(o_t, text) if (self.training and self.aux_head is not None) else None
-        )
+        text = self.clip.encode_vocabulary(class_texts)  # F^T [N, D] (or [N, T, D])
+        aux_logits = None
+        if self.training and self.aux_head is not None:
+            # templates as channels: the aux head scores against their mean (one per class)
+            aux_logits = self.aux_head(o_t, template_mean(text) if text.dim() == 3 else text)
 
         # III-B: the distant frame's regions
         regions = None

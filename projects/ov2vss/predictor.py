@@ -24,6 +24,10 @@ frame of target ``t`` is the one farthest in time, frame 0 or the last frame (ti
 the inference mapper picks it; the last frame is encoded up front and its features are kept
 until it is reached. The output equals window-by-window inference to float tolerance.
 
+**Some frames of a video** (:meth:`VideoPredictor.predict_targets`, used by streaming
+evaluation, :mod:`ov2vss.evaluation.streaming`): only the frames the targets' windows and random
+frames need are read and encoded, each once (a Cityscapes snippet: 5 of its 30 frames).
+
 **Live stream** (``num_frames=None``): the future is unknown, so the random frame is the
 farthest frame *seen so far*, which is always frame 0. Frames in the first half of the video
 therefore get a different random frame than window-by-window inference of the finished video
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -72,6 +76,24 @@ class _FrameEntry:
             and self.dense is None
             and self.finest is None
         )
+
+
+def _stack_frames(frames: List[torch.Tensor]) -> torch.Tensor:
+    """Per-frame features [1, ...] -> [1, T, ...] laid out in memory as one batched pass over
+    the T frames lays them out (``OV2VSS.forward`` views its [T, ...] output as [1, T, ...]).
+
+    The values are the same either way, but kernels downstream (the cost volume's matmul) take
+    other code paths for other strides, and their rounding would then differ from
+    window-by-window inference in the last bits.
+    """
+    first = frames[0]
+    # the frame's dimensions from the outermost to the innermost in memory
+    order = sorted(range(1, first.dim()), key=lambda d: -first.stride(d))
+    batched = torch.cat([f.permute(0, *order) for f in frames])  # [T, ...] in that order
+    inverse = [0] * first.dim()
+    for position, dim in enumerate([0] + order):
+        inverse[dim] = position
+    return batched.permute(inverse).unsqueeze(0)
 
 
 class VideoPredictor:
@@ -138,15 +160,7 @@ class VideoPredictor:
         With a known length > 1 and RFE on, ``last_frame`` (the video's final frame) is required:
         it is the random frame of the first half of the video.
         """
-        if num_frames is not None and num_frames < 1:
-            raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
-        self.num_frames = num_frames
-        self._next = 0
-        # (H, W) of the first frame seen and that frame's index
-        self._size: Optional[Tuple[Tuple[int, int], int]] = None
-        self._last_frame: Optional[np.ndarray] = None
-        self._cache: Dict[int, _FrameEntry] = {}
-        self._regions: Dict[int, torch.Tensor] = {}
+        self._start(num_frames)
         needs_last = (
             num_frames is not None
             and num_frames > 1
@@ -162,6 +176,18 @@ class VideoPredictor:
             self._check_size(last_frame, num_frames - 1)
             self._last_frame = last_frame
             self._encode(num_frames - 1, last_frame)
+
+    def _start(self, num_frames: Optional[int]) -> None:
+        """Forget the previous video: empty caches, next frame 0."""
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+        self.num_frames = num_frames
+        self._next = 0
+        # (H, W) of the first frame seen and that frame's index
+        self._size: Optional[Tuple[Tuple[int, int], int]] = None
+        self._last_frame: Optional[np.ndarray] = None
+        self._cache: Dict[int, _FrameEntry] = {}
+        self._regions: Dict[int, torch.Tensor] = {}
 
     @property
     def cached_frames(self) -> List[int]:
@@ -235,10 +261,7 @@ class VideoPredictor:
         """The random frame of ``target``: farthest frame of the video (of the frames seen so
         far for a live stream, i.e. frame 0), or the target itself with RANDOM_FRAME off."""
         length = self._length(target)
-        window = window_indices(target, length, self.offsets)
-        return select_random_frame(
-            target, length, window, training=False, enabled=self.use_random_frame
-        )
+        return self._random_of(target, length, window_indices(target, length, self.offsets))
 
     @torch.no_grad()
     def push(self, frame: np.ndarray) -> Dict[str, torch.Tensor]:
@@ -250,15 +273,22 @@ class VideoPredictor:
                 f"the video was announced with {self.num_frames} frames; got frame {t}"
             )
         self._check_size(frame, t)
-        model = self.model
         entry = self._cache.get(t)
         if entry is not None and self._last_frame is not None and t == self.num_frames - 1:
             # encoded up front as the random frame: it must be the frame announced then
             if not np.array_equal(frame, self._last_frame):
                 raise ValueError(f"frame {t} differs from the last_frame given to reset()")
         if entry is None or entry.finest is None:
-            entry = self._encode(t, frame)
+            self._encode(t, frame)
+        result = self._predict(t)
+        self._next = t + 1
+        self._evict(t)
+        return result
 
+    def _predict(self, t: int) -> Dict[str, torch.Tensor]:
+        """The prediction of target ``t`` from the cached features of its window (all encoded)."""
+        model = self.model
+        entry = self._cache[t]
         window = window_indices(t, self._length(t), self.offsets)
         positions = model.backbone_positions(len(window))
         # STCF reads only the pooled tokens of the first window frame (its maps may be evicted)
@@ -272,14 +302,10 @@ class VideoPredictor:
             rand = self.random_frame_index(t)
             regions = self._regions[rand]
         dense_positions = model.dense_positions(len(window))
-        dense = torch.stack([self._cache[window[p]].dense for p in dense_positions], dim=1)
+        dense = _stack_frames([self._cache[window[p]].dense for p in dense_positions])
         text = model.clip.encode_vocabulary(model.active_class_texts)
         logits = model.decode(o_t, regions, dense, entry.finest, text, entry.padded)
-        result = model.postprocess(logits, entry.padded, [entry.unpadded], [self._size[0]])[0]
-
-        self._next = t + 1
-        self._evict(t)
-        return result
+        return model.postprocess(logits, entry.padded, [entry.unpadded], [self._size[0]])[0]
 
     def _evict(self, t: int) -> None:
         """Drop every cached field no target after ``t`` can use (window indices grow with t)."""
@@ -298,6 +324,66 @@ class VideoPredictor:
                     setattr(entry, name, None)
             if entry.empty():
                 del self._cache[index]
+
+    # ------------------------------------------------------------------ sparse targets
+    def frames_needed(self, num_frames: int, target: int) -> List[int]:
+        """The frames whose features the prediction of ``target`` reads (sorted): the window
+        positions the model uses (:meth:`OV2VSS.backbone_positions`, :meth:`dense_positions`)
+        and, with RFE, the random frame."""
+        window_frames, random_frame = self._needs(num_frames, target)
+        return sorted(window_frames | ({random_frame} if random_frame is not None else set()))
+
+    def _needs(self, num_frames: int, target: int) -> Tuple[Set[int], Optional[int]]:
+        """The window frames whose cached features ``target`` reads, and its random frame (of
+        which only the region features are read), None without RFE."""
+        window = window_indices(target, num_frames, self.offsets)
+        used = set(self.model.backbone_positions(len(window)))
+        used |= set(self.model.dense_positions(len(window)))
+        random_frame = None
+        if self.model.rfe is not None:
+            random_frame = self._random_of(target, num_frames, window)
+        return {window[p] for p in used}, random_frame
+
+    def _random_of(self, target: int, num_frames: int, window: List[int]) -> int:
+        return select_random_frame(
+            target, num_frames, window, training=False, enabled=self.use_random_frame
+        )
+
+    @torch.no_grad()
+    def predict_targets(
+        self,
+        num_frames: int,
+        targets: Iterable[int],
+        read_frame: Callable[[int], np.ndarray],
+    ) -> Iterator[Tuple[int, Dict[str, torch.Tensor]]]:
+        """Predict some frames of a video of known length (a generator, targets in order).
+
+        Reads (``read_frame(index)`` -> HxWx3 uint8 array) and encodes only the frames the
+        targets' windows and random frames need (:meth:`frames_needed`), each once, so a
+        sparsely annotated video (a Cityscapes snippet: one target, 5 of its 30 frames) costs
+        what its windows need. With every frame a target this is :meth:`run` on the whole
+        video. Yields ``(target, {"sem_seg": [N, H, W] probabilities})``; the results equal
+        window-by-window inference of each target.
+        """
+        targets = sorted({int(t) for t in targets})
+        if targets and not 0 <= targets[0] <= targets[-1] < num_frames:
+            raise ValueError(f"targets {targets} are outside the video (0..{num_frames - 1})")
+        self._start(num_frames)
+        try:
+            for t in targets:
+                window_frames, random_frame = self._needs(num_frames, t)
+                for index in self.frames_needed(num_frames, t):
+                    # what later targets read is never evicted; a random frame's regions stay
+                    if (index in window_frames and index not in self._cache) or (
+                        index == random_frame and index not in self._regions
+                    ):
+                        frame = read_frame(index)
+                        self._check_size(frame, index)
+                        self._encode(index, frame)
+                yield t, self._predict(t)
+                self._evict(t)
+        finally:
+            self._start(None)  # release the cached features
 
     def run(
         self,

@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-DATA_STREAM, TRAIN_STEP = 0, 1  # keep the seeds of the two uses apart
+DATA_STREAM, TRAIN_STEP, MODEL_INIT = 0, 1, 2  # keep the seeds of the uses apart
 
 
 def derive_seed(*keys: int) -> int:

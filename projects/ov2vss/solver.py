@@ -40,7 +40,13 @@ def _module_group(name: str) -> str:
 def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
     """One parameter group per trainable parameter, with lr / weight decay by module.
 
-    Norm parameters, biases and learnable temperatures get WEIGHT_DECAY_NORM (0 by default).
+    Weight decay: parameters of norm layers (BatchNorm, GroupNorm, LayerNorm, ...) get
+    ``SOLVER.WEIGHT_DECAY_NORM`` (detectron2's key, 0 by default); biases and other 1-D / 0-D
+    parameters (learnable temperatures) get ``SOLVER.WEIGHT_DECAY_BIAS``, or WEIGHT_DECAY_NORM
+    when it is None (the default); every other parameter gets ``SOLVER.WEIGHT_DECAY``.
+    The official code (local_configs/vit/vitb/vitb.py lines 68-72) decays biases and excludes
+    parameters whose *name* contains "norm" outside the head — see README "Differences from the
+    official code".
     """
     base_lr = cfg.SOLVER.BASE_LR
     multipliers = {
@@ -48,17 +54,27 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
         "clip": cfg.SOLVER.CLIP_MULTIPLIER,
         "head": cfg.SOLVER.HEAD_MULTIPLIER,
     }
-    no_decay = set()
+    norm_params, bias_params = set(), set()
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
-            if isinstance(module, _NORM_TYPES) or pname == "bias" or p.ndim <= 1:
-                no_decay.add(id(p))
+            if isinstance(module, _NORM_TYPES):
+                norm_params.add(id(p))
+            elif pname == "bias" or p.ndim <= 1:
+                bias_params.add(id(p))
+    wd_norm = cfg.SOLVER.WEIGHT_DECAY_NORM
+    wd_bias = cfg.SOLVER.get("WEIGHT_DECAY_BIAS", None)
+    wd_bias = wd_norm if wd_bias is None else wd_bias
     groups, seen = [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        wd = cfg.SOLVER.WEIGHT_DECAY_NORM if id(p) in no_decay else cfg.SOLVER.WEIGHT_DECAY
+        if id(p) in norm_params:
+            wd = wd_norm
+        elif id(p) in bias_params:
+            wd = wd_bias
+        else:
+            wd = cfg.SOLVER.WEIGHT_DECAY
         groups.append(
             {"params": [p], "lr": base_lr * multipliers[_module_group(name)], "weight_decay": wd}
         )

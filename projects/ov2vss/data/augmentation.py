@@ -4,19 +4,29 @@ The augmentations are computed once on the target frame and its label; the resul
 transforms are replayed on every other frame of the window, so the frames stay aligned.
 Training (paper IV-B): resize the short side (``INPUT.MIN_SIZE_TRAIN``), random crop
 (``INPUT.CROP``), horizontal flip and, with ``INPUT.COLOR_AUG_SSD``, one photometric draw
-per window. Inference: resize the short side to ``INPUT.MIN_SIZE_TEST`` (0 disables it, the
-detectron2 convention); the inference mapper and the streaming predictor both use it.
+per window. With ``INPUT.COLOR_AUG_PER_FRAME`` the photometric draw is made for every frame of
+the window (and the random frame) on its own instead, as the official code's
+``PhotoMetricDistortion_clips`` does (mmseg/datasets/pipelines/transforms.py lines 2106-2141:
+a loop over the clip's frames with fresh draws each); the video mapper applies it after the
+geometric transforms (:func:`build_frame_color_augmentation`). Inference: resize the short side
+to ``INPUT.MIN_SIZE_TEST`` (0 disables it, the detectron2 convention); the inference mapper and
+the streaming predictor both use it.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
-__all__ = ["build_augmentation", "WindowColorAugmentation", "WindowColorTransform"]
+__all__ = [
+    "build_augmentation",
+    "build_frame_color_augmentation",
+    "WindowColorAugmentation",
+    "WindowColorTransform",
+]
 
 
 class WindowColorTransform(T.Transform):
@@ -106,6 +116,15 @@ def build_augmentation(cfg: CfgNode, is_train: bool) -> List[T.Augmentation]:
     if cfg.INPUT.CROP.ENABLED:
         augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     augs.append(T.RandomFlip(horizontal=True, vertical=False))
-    if cfg.INPUT.COLOR_AUG_SSD:
+    if cfg.INPUT.COLOR_AUG_SSD and not cfg.INPUT.COLOR_AUG_PER_FRAME:
         augs.append(WindowColorAugmentation(cfg.INPUT.FORMAT))
     return augs
+
+
+def build_frame_color_augmentation(cfg: CfgNode, is_train: bool) -> Optional[T.Augmentation]:
+    """The photometric augmentation drawn once per frame (``INPUT.COLOR_AUG_SSD`` with
+    ``INPUT.COLOR_AUG_PER_FRAME``, training only), or None. Each frame's draw is its own
+    :class:`WindowColorTransform` (contrast pivot = that frame's mean)."""
+    if is_train and cfg.INPUT.COLOR_AUG_SSD and cfg.INPUT.COLOR_AUG_PER_FRAME:
+        return WindowColorAugmentation(cfg.INPUT.FORMAT)
+    return None

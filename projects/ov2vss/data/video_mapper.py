@@ -7,7 +7,16 @@ random frame enhancement (paper III-B); :mod:`ov2vss.data.frame_sampling` has th
 
 One geometric augmentation (resize, crop, flip) and one photometric draw are computed on
 the target frame and its label and applied to every frame, so the window stays aligned
-(:mod:`ov2vss.data.augmentation`).
+(:mod:`ov2vss.data.augmentation`); ``INPUT.COLOR_AUG_PER_FRAME`` draws the photometric change
+per frame instead (official code).
+
+``INPUT.TEMPORAL.REVERSE_PROB`` (training): with that probability the window is taken from the
+video played backwards, as the official code's ``flip_video`` does (mmseg/datasets/custom.py
+lines 3741-3752: the video's frame list is reversed before the window t-9, t-6, t-3, t is cut
+from it). In the original time order the references are then t+9, t+6, t+3 (clamped to the last
+frame), still ordered as the window is read — farthest reference first, target last: frames
+``[t+9, t+6, t+3, t]``. The random frame is drawn outside that window as usual. One extra
+``np.random.rand()`` per window, drawn only when the probability is > 0.
 """
 
 import logging
@@ -21,7 +30,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
 from ..config import check_renamed_keys
-from .augmentation import build_augmentation
+from .augmentation import build_augmentation, build_frame_color_augmentation
 from .frame_sampling import select_random_frame, window_indices
 from .io import check_same_size, read_frame, read_mask, relabel
 
@@ -63,6 +72,8 @@ class VideoSemSegDatasetMapper:
         image_format: str,
         reference_offsets: Sequence[int] = (9, 6, 3),
         random_frame: bool = True,
+        reverse_prob: float = 0.0,
+        frame_color_augmentation: Optional[T.Augmentation] = None,
         num_classes: Optional[int] = None,
         ignore_label: int = 255,
         mask_unseen_pixels: bool = False,
@@ -85,6 +96,10 @@ class VideoSemSegDatasetMapper:
             hidden_raw_ids: raw mask values of classes outside the training vocabulary.
             pixel_mean: fill value of hidden pixels, in ``image_format`` channel order.
             image_root, sem_seg_root: the dataset's frame and raw mask roots (mask path rule).
+            reverse_prob: training: probability of a window of the video played backwards
+                (references t+k; module docstring).
+            frame_color_augmentation: a photometric augmentation drawn for every frame on its
+                own, after the geometric ones (None: off).
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
@@ -95,6 +110,12 @@ class VideoSemSegDatasetMapper:
         self.image_format = image_format
         self.reference_offsets = [int(k) for k in reference_offsets]
         self.random_frame = random_frame
+        if not 0.0 <= float(reverse_prob) <= 1.0:
+            raise ValueError(
+                f"INPUT.TEMPORAL.REVERSE_PROB={reverse_prob!r}: must be a probability in [0, 1]"
+            )
+        self.reverse_prob = float(reverse_prob) if is_train else 0.0
+        self.frame_color_augmentation = frame_color_augmentation
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.hidden_raw_ids = np.asarray(
@@ -112,6 +133,8 @@ class VideoSemSegDatasetMapper:
         logging.getLogger(__name__).info(
             f"[VideoSemSegDatasetMapper] {mode}: offsets {self.reference_offsets}, "
             f"augmentations {augmentations}"
+            + (f", per frame {frame_color_augmentation}" if frame_color_augmentation else "")
+            + (f", reversed windows p={self.reverse_prob}" if self.reverse_prob > 0 else "")
         )
 
     @classmethod
@@ -133,6 +156,8 @@ class VideoSemSegDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "reference_offsets": cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS,
             "random_frame": cfg.INPUT.TEMPORAL.RANDOM_FRAME,
+            "reverse_prob": cfg.INPUT.TEMPORAL.REVERSE_PROB if is_train else 0.0,
+            "frame_color_augmentation": build_frame_color_augmentation(cfg, is_train),
             "num_classes": None if stuff_classes is None else len(stuff_classes),
             "ignore_label": meta.get("ignore_label", 255),
             "mask_unseen_pixels": is_train and cfg.INPUT.MASK_UNSEEN_PIXELS,
@@ -199,7 +224,10 @@ class VideoSemSegDatasetMapper:
 
     def _choose_window(self, target: int, num_frames: int) -> Tuple[List[int], int]:
         """The window's frame indices and the random frame (a random draw in training)."""
-        window = window_indices(target, num_frames, self.reference_offsets)
+        offsets = self.reference_offsets
+        if self.reverse_prob > 0 and np.random.rand() < self.reverse_prob:
+            offsets = [-k for k in offsets]  # the video played backwards: t+k, ..., t
+        window = window_indices(target, num_frames, offsets)
         random_index = select_random_frame(
             target, num_frames, window, training=self.is_train, enabled=self.random_frame
         )
@@ -302,6 +330,11 @@ class VideoSemSegDatasetMapper:
         for idx, img in images.items():
             if idx != target:
                 out_images[idx] = transforms.apply_image(img)
+        if self.frame_color_augmentation is not None:
+            # one photometric draw per frame: the target first, then by frame index
+            for idx in [target] + sorted(i for i in out_images if i != target):
+                img = out_images[idx]
+                out_images[idx] = self.frame_color_augmentation.get_transform(img).apply_image(img)
         return out_images, aug_input.sem_seg
 
     @staticmethod

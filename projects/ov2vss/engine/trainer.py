@@ -29,10 +29,11 @@ from ..checkpoint import OV2VSSCheckpointer
 from ..data.build import ResumableTrainLoader, build_resumable_train_loader
 from ..data.video_mapper import VideoSemSegDatasetMapper
 from ..evaluation import VideoSemSegEvaluator
-from ..seeding import TRAIN_STEP, derive_seed, seed_all
+from ..evaluation.streaming import inference_on_videos, with_progress
+from ..seeding import MODEL_INIT, TRAIN_STEP, derive_seed, seed_all, seeded_rng
 from ..solver import build_lr_scheduler, build_optimizer
 from ..vocabulary import dataset_vocabulary
-from .amp import build_step_trainer
+from .amp import GradientAccumulationTrainer, build_step_trainer
 from .distributed import create_ddp_model, sync_model_buffers, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
 
-        model = self.build_model(cfg)
+        # the initial weights are a function of the seed, not of what ran before
+        with seeded_rng(derive_seed(self.seed, MODEL_INIT)):
+            model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         if isinstance(data_loader, ResumableTrainLoader):
@@ -98,6 +101,12 @@ class Trainer(DefaultTrainer):
                 group["lr"] = lr
 
     def run_step(self) -> None:
+        """One iteration = one micro-batch of IMS_PER_BATCH windows; with
+        SOLVER.ACCUMULATE_STEPS > 1 the optimizer steps after the last micro-batch of each
+        group (:class:`~.amp.GradientAccumulationTrainer`, which keeps partial gradients in
+        checkpoints, so resuming mid-group stays exact)."""
+        if isinstance(self._trainer, GradientAccumulationTrainer):
+            self._trainer.max_iter = self.max_iter  # the last group ends at MAX_ITER
         super().run_step()
         self._samples_seen += self.cfg.SOLVER.IMS_PER_BATCH
 
@@ -161,16 +170,22 @@ class Trainer(DefaultTrainer):
         model: nn.Module,
         evaluators: Optional[Sequence[DatasetEvaluator]] = None,
     ):
-        """Evaluate every DATASETS.TEST entry, each with its own vocabulary (open vocabulary)."""
+        """Evaluate every DATASETS.TEST entry, each with its own vocabulary (open vocabulary):
+        video by video with every frame encoded once (TEST.STREAMING, README "Metrics"), or
+        window by window through :meth:`build_test_loader`."""
         sync_model_buffers(model)  # every process evaluates rank 0's BN statistics
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
-            loader = cls.build_test_loader(cfg, name)
             evaluator = (
                 evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
             )
             with unwrap_model(model).vocabulary(dataset_vocabulary(name)):
-                results[name] = inference_on_dataset(model, loader, evaluator)
+                if cfg.TEST.STREAMING:
+                    results[name] = inference_on_videos(model, cfg, name, evaluator)
+                else:
+                    loader = cls.build_test_loader(cfg, name)
+                    evaluator = with_progress(evaluator, name, len(loader))
+                    results[name] = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
                 logger.info(f"Evaluation results for {name} in csv format:")
                 print_csv_format(results[name])

@@ -1,8 +1,11 @@
 """CLIP (open_clip) for OV2VSS: model loading, prompt-ensembled text embeddings, dense features.
 
-The text side gives F^T (paper Eq. 11: one embedding per class name, averaged over prompt
-templates as in ZegFormer/ViLD); the image side gives the dense features F^V used by the video
-text encoding (Eq. 11) and the cost volume (Eq. 12).
+The text side gives F^T (paper Eq. 11): ``MODEL.CLIP.TEMPLATE_MODE`` "mean" gives one embedding
+per class name, averaged over the prompt templates as in ZegFormer/ViLD ([N, D]); "channels"
+keeps one embedding per (class, template) ([N, T, D]), as the official code does after CAT-Seg
+(mmseg/models/decode_heads/cat_zeroshot_classifier.py lines 215-216 and 275-296: the
+[N, T, D] classifier), so the cost volume gets T channels per class. The image side gives the
+dense features F^V used by the video text encoding (Eq. 11) and the cost volume (Eq. 12).
 
 Dense features come from the last block of the image tower in one of two ways
 (MODEL.CLIP.DENSE_MODE):
@@ -19,9 +22,10 @@ Dense features come from the last block of the image tower in one of two ways
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +56,7 @@ VILD_TEMPLATES: Tuple[str, ...] = (
 _TEXT_CHUNK = 256  # prompts per text-tower pass in encode_vocabulary
 
 DENSE_MODES = ("qk", "vv")  # MODEL.CLIP.DENSE_MODE (module docstring)
+TEMPLATE_MODES = ("mean", "channels")  # MODEL.CLIP.TEMPLATE_MODE (module docstring)
 
 # CLIP's contrastive-loss scalars; OV2VSS scores with its own learnable temperatures
 _UNUSED_CLIP_PARAMS = ("logit_scale", "logit_bias")
@@ -102,8 +107,36 @@ def _resolve_arch(arch: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded for model ..." record: with
+    MODEL.CLIP.PRETRAINED "" a random CLIP is what the config asks for, and the project says
+    what that means itself (``load_model_weights`` warns when MODEL.WEIGHTS is empty too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+# open_clip logs through the root logger (``logging.warning``); a module logger in other versions
+_OPEN_CLIP_LOGGERS = ("", "open_clip", "open_clip.factory")
+
+
+@contextlib.contextmanager
+def _without_random_init_notice() -> Iterator[None]:
+    """Silence open_clip's random-initialisation notice, for the duration of one call only."""
+    quiet = _DropRandomInitNotice()
+    loggers = [logging.getLogger(name) for name in _OPEN_CLIP_LOGGERS]
+    for log in loggers:
+        log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(quiet)
+
+
 def build_open_clip(arch: str, pretrained: str) -> nn.Module:
-    """Create an open_clip model; `pretrained` is a tag ("openai"), a checkpoint file, or ""."""
+    """Create an open_clip model; `pretrained` is a tag ("openai"), a checkpoint file, or ""
+    (random initialisation, asked for: open_clip's notice about it is not shown)."""
     import open_clip
 
     name = _resolve_arch(arch)
@@ -115,7 +148,8 @@ def build_open_clip(arch: str, pretrained: str) -> nn.Module:
             f"MODEL.CLIP.PRETRAINED: checkpoint file {pretrained} does not exist"
         )
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None)
+        with _without_random_init_notice() if not pretrained else contextlib.nullcontext():
+            model = open_clip.create_model(name, pretrained=pretrained or None)
     except Exception as e:  # network errors, unknown tags, corrupt files: say which weights
         raise RuntimeError(
             f"could not load CLIP weights MODEL.CLIP.PRETRAINED={pretrained!r} for {name}: {e}. "
@@ -136,6 +170,8 @@ class CLIPAdapter(nn.Module):
         input_size: short side of the frames fed to the image tower for dense features.
         dense_mode: how the last image block gives the dense features: "qk" (as in CLIP) or
             "vv" (the official code's value path, see the module docstring).
+        template_mode: "mean" (one text embedding per class) or "channels" (one per class and
+            template; see the module docstring).
     """
 
     def __init__(
@@ -146,10 +182,16 @@ class CLIPAdapter(nn.Module):
         finetune: str = "none",
         input_size: int = 384,
         dense_mode: str = "qk",
+        template_mode: str = "mean",
     ):
         super().__init__()
         if dense_mode not in DENSE_MODES:
             raise ValueError(f"MODEL.CLIP.DENSE_MODE={dense_mode!r}: expected one of {DENSE_MODES}")
+        if template_mode not in TEMPLATE_MODES:
+            raise ValueError(
+                f"MODEL.CLIP.TEMPLATE_MODE={template_mode!r}: expected one of {TEMPLATE_MODES}"
+            )
+        self.template_mode = template_mode
         if dense_mode == "vv":
             _check_value_path_block(clip_model.visual.transformer.resblocks[-1])
         self.dense_mode = dense_mode
@@ -166,7 +208,7 @@ class CLIPAdapter(nn.Module):
         # CLIP normalisation of 0..255 RGB pixels (not saved: it comes with the arch)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, False)
-        self._text_cache: Dict[Tuple[Tuple[str, ...], str], torch.Tensor] = {}
+        self._text_cache: Dict[Tuple[Tuple[str, ...], str, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ parameters
     def _set_trainable(self, finetune: str) -> None:
@@ -194,6 +236,11 @@ class CLIPAdapter(nn.Module):
         )
 
     @property
+    def text_channels(self) -> int:
+        """Cost-volume channels per class: the number of templates T ("channels"), else 1."""
+        return len(self.templates) if self.template_mode == "channels" else 1
+
+    @property
     def embed_dim(self) -> int:
         proj = self.model.text_projection
         return proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
@@ -210,16 +257,23 @@ class CLIPAdapter(nn.Module):
         return self
 
     # ------------------------------------------------------------------ text
-    def encode_vocabulary(self, class_texts: Sequence[str]) -> torch.Tensor:
-        """F^T: L2-normalised embeddings [N, D], mean over prompt templates.
+    def encode_vocabulary(
+        self, class_texts: Sequence[str], template_mode: Optional[str] = None
+    ) -> torch.Tensor:
+        """F^T: L2-normalised embeddings, [N, D] (mean over the prompt templates, "mean") or
+        [N, T, D] (one per template, "channels").
 
+        ``template_mode`` None follows ``MODEL.CLIP.TEMPLATE_MODE`` (:attr:`template_mode`).
         Computed lazily on the model's device and cached per vocabulary while the text tower
         is frozen (or in eval mode).
         """
         if len(class_texts) == 0:
             raise ValueError("the vocabulary is empty: give at least one class name")
+        mode = self.template_mode if template_mode is None else template_mode
+        if mode not in TEMPLATE_MODES:
+            raise ValueError(f"template_mode={mode!r}: expected one of {TEMPLATE_MODES}")
         device = self.pixel_mean.device
-        key = (tuple(class_texts), str(device))
+        key = (tuple(class_texts), str(device), mode)
         use_cache = not (self.training and self.text_trainable)
         if use_cache and key in self._text_cache:
             return self._text_cache[key]
@@ -233,7 +287,8 @@ class CLIPAdapter(nn.Module):
             # in chunks: one pass over 124 names x 14 templates would hold ~1 GB of activations
             emb = torch.cat([encode_text(self.model, t) for t in tokens.split(_TEXT_CHUNK)])
         emb = F.normalize(emb.float(), dim=-1).view(len(class_texts), len(self.templates), -1)
-        emb = F.normalize(emb.mean(dim=1), dim=-1)
+        if mode == "mean":
+            emb = template_mean(emb)
         if use_cache:
             self._text_cache[key] = emb.detach()
         return emb
@@ -261,6 +316,12 @@ class CLIPAdapter(nn.Module):
         if visual.proj is not None:
             x = x @ visual.proj
         return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
+
+def template_mean(text: torch.Tensor) -> torch.Tensor:
+    """[..., T, D] per-template embeddings -> [..., D]: the L2-normalised mean over templates
+    (what "mean" mode gives for L2-normalised template embeddings)."""
+    return F.normalize(text.mean(dim=-2), dim=-1)
 
 
 def vit_patch_tokens(
@@ -450,4 +511,5 @@ def build_clip_adapter(cfg) -> CLIPAdapter:
         finetune=cfg.MODEL.CLIP.FINETUNE,
         input_size=cfg.MODEL.CLIP.INPUT_SIZE,
         dense_mode=cfg.MODEL.CLIP.DENSE_MODE,
+        template_mode=cfg.MODEL.CLIP.TEMPLATE_MODE,
     )

@@ -13,6 +13,12 @@ resolution. No normalisation layer runs inside the per-class branch: normalising
 slice on its own would erase how strongly that class matches, which is the signal. Classes are
 decoded ``class_chunk`` at a time (each class is independent of the others), so memory does not
 grow with the vocabulary beyond the [B, N, h, w] logits.
+
+With the prompt templates as channels (``MODEL.CLIP.TEMPLATE_MODE`` "channels") the cost volume
+is [B, N, T, h, w] and the first conv of X~ takes the T template channels of a class, as the
+official code's ``Corr.corr_embed`` does (mmseg/models/decode_heads/hyper_correlation_copy.py
+lines 562-575: correlation [B, T, N, H, W], rearranged to (B N) T H W, a 7x7 conv from T = 80
+channels, after CAT-Seg); with one template it computes what "mean" mode computes.
 """
 
 import math
@@ -35,15 +41,17 @@ class OpenVocabularyHead(nn.Module):
         decoder_dim: int = 64,
         temperature_init: float = 0.07,
         class_chunk: int = 64,
+        text_channels: int = 1,
     ):
         super().__init__()
         if class_chunk < 1:
             raise ValueError(f"MODEL.OV2VSS.CLASS_CHUNK={class_chunk}: must be >= 1")
         self.class_chunk = class_chunk
+        self.text_channels = text_channels  # T cost-volume channels per class
         # learnable sharpness of the cosine cost volume (CLIP-style logit scale)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
         self.cost_conv = nn.Sequential(
-            nn.Conv2d(1, cost_dim, 7, padding=3),
+            nn.Conv2d(text_channels, cost_dim, 7, padding=3),
             nn.GELU(),
             nn.Conv2d(cost_dim, cost_dim, 3, padding=1),
         )
@@ -64,7 +72,15 @@ class OpenVocabularyHead(nn.Module):
     def forward(
         self, cost: torch.Tensor, u1: torch.Tensor, o_hat: torch.Tensor, size: Tuple[int, int]
     ) -> torch.Tensor:
-        """cost X [B, N, h, w]; u1 [B, C1, ., .]; o_hat [B, C, ., .] -> logits [B, N, *size]."""
+        """cost X [B, N, h, w] (or [B, N, T, h, w], templates as channels); u1 [B, C1, ., .];
+        o_hat [B, C, ., .] -> logits [B, N, *size]."""
+        channels = cost.shape[2] if cost.dim() == 5 else 1
+        if channels != self.text_channels:
+            raise ValueError(
+                f"the head was built for {self.text_channels} cost-volume channel(s) per class "
+                f"(MODEL.CLIP.TEMPLATE_MODE / PROMPT_TEMPLATES), got a cost volume of shape "
+                f"{tuple(cost.shape)}"
+            )
         # the per-pixel halves of Eqs. 13-14, computed once for every class
         pos = self.pos_in(self.pos_proj(F.adaptive_avg_pool2d(u1, size)))  # [B, C', h, w]
         o_hat = F.interpolate(o_hat, size=size, mode="bilinear", align_corners=False)
@@ -80,7 +96,8 @@ class OpenVocabularyHead(nn.Module):
     ) -> torch.Tensor:
         bsz, num_classes = cost.shape[:2]
         x = self.cost_conv(
-            cost.reshape(bsz * num_classes, 1, *cost.shape[-2:]) * self.log_scale.exp()
+            cost.reshape(bsz * num_classes, self.text_channels, *cost.shape[-2:])
+            * self.log_scale.exp()
         )
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         x = self.cost_in(x).view(bsz, num_classes, -1, *size) + pos.unsqueeze(1)  # X^ (Eq. 13)
@@ -100,5 +117,6 @@ class TextAlignedAuxHead(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
 
     def forward(self, o_t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """o_t [B, C, H, W], text [N, D] or [B, N, D] -> logits [B, N, H, W]."""
+        """o_t [B, C, H, W], text [N, D] or [B, N, D] -> logits [B, N, H, W]. With templates as
+        channels the caller passes their mean (:func:`~.clip_adapter.template_mean`)."""
         return cosine_cost_volume(text, self.proj(o_t)) * self.log_scale.exp()
