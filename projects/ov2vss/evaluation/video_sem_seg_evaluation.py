@@ -27,7 +27,9 @@ from detectron2.utils.logger import create_small_table
 
 from ..data.io import check_same_size, read_mask, relabel
 from .report import write_report
-from .seen_bias import SeenBiasSweep, json_safe
+from .seen_bias import SeenBiasSweep
+from .seen_bias import _harmonic as _harmonic_mean  # one definition of the means
+from .seen_bias import _mean, json_safe
 
 __all__ = ["VideoSemSegEvaluator", "VideoKey", "video_key"]
 
@@ -653,16 +655,6 @@ def _merge_states(states: List[Dict[str, Any]]) -> Tuple[
         frames.update(state["frames"])
         videos.update(state["videos"])  # unique: each starts at its video's first frame
     return conf_matrix, evaluated, frames, videos
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(np.mean(values)) if values.size else math.nan
-
-
-def _harmonic_mean(s: float, u: float) -> float:
-    if math.isnan(s) or math.isnan(u):
-        return math.nan
-    return 2 * s * u / (s + u) if s + u > 0 else 0.0
 
 
 def _nan_to_none(metrics: Dict[str, float]) -> Dict[str, Optional[float]]:
