@@ -33,7 +33,8 @@ import tempfile
 from typing import Dict, List, Optional
 
 # benchmarks/ is this script's directory, hence on sys.path when it runs
-from bench_streaming import CONFIGS, HEIGHT, REPO, WIDTH, _Meter, make_frames
+from bench_streaming import CONFIGS, HEIGHT, REPO, WIDTH, make_frames
+from common import Meter, per_frame, print_table
 
 EVAL_PROTOCOL = "unseen"  # the paper's protocol (Table I): the 44 unseen VSPW names
 MIB = 1024**2
@@ -112,7 +113,7 @@ def measure_eval(config: str, num_frames: int, window_frames: int, threads: int)
 
     evaluate(subsets[1], False)  # warm-up: first allocations of both paths
     evaluate(subsets[1], True)
-    meters = {"window": _Meter(), "stream": _Meter()}
+    meters = {"window": Meter(), "stream": Meter()}
     window = meters["window"](lambda: evaluate(subsets[window_frames], False))
     stream = meters["stream"](lambda: evaluate(full, True))
     for res in (window, stream):
@@ -122,15 +123,7 @@ def measure_eval(config: str, num_frames: int, window_frames: int, threads: int)
     return {
         "name": f"{config} (R-{cfg.MODEL.RESNETS.DEPTH}, CLIP {cfg.MODEL.CLIP.ARCH})",
         "classes": len(dataset_vocabulary(full)),
-        "modes": {
-            m: {
-                "frames": counts[m],
-                "wall_s": meters[m].wall / counts[m],
-                "cpu_s": meters[m].cpu / counts[m],
-                "peak_mib": meters[m].peak_kib / 1024,
-            }
-            for m in meters
-        },
+        "modes": per_frame(meters, counts),
     }
 
 
@@ -147,7 +140,7 @@ def measure_text(threads: int) -> Dict:
     torch.manual_seed(0)
     adapter = clip_adapter.build_clip_adapter(cfg).eval()
     names = [class_name_to_text(n) for n in get_vspw_class_names()]
-    meters = {"short": _Meter(), "full": _Meter()}
+    meters = {"short": Meter(), "full": Meter()}
     short = meters["short"](lambda: adapter.encode_vocabulary(names))
     adapter._text_cache.clear()
     exact = clip_adapter.encode_text
@@ -173,14 +166,6 @@ def run_in_process(fn, *args) -> Optional[Dict]:
         except Exception as e:  # report and go on with the rest
             sys.stderr.write(f"{fn.__name__}{args} failed: {type(e).__name__}: {e}\n")
             return None
-
-
-def _print_table(rows: List[List[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -224,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"r50: streaming {speedup:.1f}x faster per frame [target >= {TARGET_STREAM}]: "
                 f"{'ok' if ok else 'MISSED'}"
             )
-    _print_table(rows)
+    print_table(rows)
 
     if not args.skip_text:
         res = run_in_process(measure_text, args.threads)
@@ -234,7 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             short, full = res["modes"]["short"], res["modes"]["full"]
             speedup = full["cpu_s"] / short["cpu_s"]
             print(f"\nText encoding, ViT-B-16 text tower (random init), {res['prompts']} prompts")
-            _print_table([
+            print_table([
                 ["context", "wall s", "CPU s", "speed-up"],
                 ["full (77 tokens)", f"{full['wall_s']:.1f}", f"{full['cpu_s']:.1f}", ""],
                 ["short (exact)", f"{short['wall_s']:.1f}", f"{short['cpu_s']:.1f}", f"{speedup:.1f}"],

@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from common import print_table
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = [
     "configs/vspw/ov2vss_R50.yaml",
@@ -154,7 +156,7 @@ def run_in_subprocess(config: str, threads: int) -> Optional[Dict[str, float]]:
     return json.loads(lines[-1])
 
 
-def print_table(rows: List[Dict]) -> None:
+def print_results(rows: List[Dict]) -> None:
     header = ["config", "params (M)", "build (s)", "text (s)", "forward (s)", "RSS model (GB)",
               "peak text (GB)", "peak forward (GB)", "peak RSS (GB)", "target"]  # fmt: skip
     keys = [
@@ -186,11 +188,7 @@ def print_table(rows: List[Dict]) -> None:
             ]
             + [verdict]
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(table)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -214,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"124 classes, random weights, CPU, {args.threads} thread(s)"
     )
     rows = [{"config": c, "result": run_in_subprocess(c, args.threads)} for c in args.configs]
-    print_table(rows)
+    print_results(rows)
     print(
         "text: encoding the 124 names x the config's prompt templates, once per vocabulary (cached);\n"
         "forward: the window's inference forward with the cached text; peaks are RSS during each phase."

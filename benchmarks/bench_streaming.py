@@ -31,8 +31,9 @@ import multiprocessing
 import os
 import platform
 import sys
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
+
+from common import Meter, per_frame, print_table, proc_status_kib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -43,27 +44,6 @@ MODES = ("image", "naive", "stream")
 VOCABULARY = ["road", "car", "person", "bicycle", "building", "sky"]
 HEIGHT, WIDTH = 480, 853
 MIB = 1024**2
-
-
-def _proc_status_kib(key: str) -> int:
-    """A memory line of /proc/self/status in KiB (0 where /proc is unavailable)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0), so that a peak belongs to one call."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def build_cfg(config: str, image_only: bool, clip_arch: Optional[str]):
@@ -93,24 +73,6 @@ def make_frames(num_frames: int):
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (HEIGHT, WIDTH + 4 * num_frames, 3), dtype=np.uint8)
     return [np.ascontiguousarray(scene[:, 4 * i : 4 * i + WIDTH]) for i in range(num_frames)]
-
-
-class _Meter:
-    """Wall time, CPU time and the largest transient RSS increase of the calls of one mode."""
-
-    def __init__(self):
-        self.wall = self.cpu = 0.0
-        self.peak_kib = 0
-
-    def __call__(self, fn: Callable):
-        rss = _proc_status_kib("VmRSS")
-        _reset_peak_rss()
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn()
-        self.wall += time.perf_counter() - wall
-        self.cpu += time.process_time() - cpu
-        self.peak_kib = max(self.peak_kib, _proc_status_kib("VmHWM") - rss)
-        return out
 
 
 def measure(
@@ -143,14 +105,14 @@ def measure(
         }
 
     offsets = list(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS)
-    meters = {mode: _Meter() for mode in MODES}
+    meters = {mode: Meter() for mode in MODES}
     cache_bytes = 0
     with torch.no_grad():
         # warm-up (first calls allocate and encode the vocabulary)
         image_model([window_input(0, [])])
         model([window_input(0, offsets)])
         list(predictor.run(frames[:2]))
-        rss_model = _proc_status_kib("VmRSS")
+        rss_model = proc_status_kib("VmRSS")
 
         meters["stream"](lambda: predictor.reset(num_frames, frames[-1]))
         for t in range(num_frames):
@@ -164,15 +126,7 @@ def measure(
             raise RuntimeError(f"unexpected output shape {tuple(out['sem_seg'].shape)}")
     counts = {"image": num_frames, "naive": naive_frames, "stream": num_frames}
     return {
-        "modes": {
-            m: {
-                "frames": counts[m],
-                "wall_s": meters[m].wall / counts[m],
-                "cpu_s": meters[m].cpu / counts[m],
-                "peak_mib": meters[m].peak_kib / 1024,
-            }
-            for m in MODES
-        },
+        "modes": per_frame(meters, counts),
         "cache_mib": cache_bytes / MIB,
         "rss_models_mib": rss_model / 1024,
         "name": f"{config} (R-{cfg.MODEL.RESNETS.DEPTH}, CLIP {cfg.MODEL.CLIP.ARCH})",
@@ -241,11 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{config}: (c) = {stream / base:.2f}x (a) [target <= 1.3], (b) = {naive / stream:.1f}x (c) "
             f"[target >= 3]: {'ok' if ok else 'MISSED'}; RSS with both models loaded {res['rss_models_mib']:.0f} MiB"
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for i, row in enumerate(rows):
-        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(rows)
     print("\n".join(notes))
     return 1 if failed else 0
 

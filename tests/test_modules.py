@@ -190,6 +190,29 @@ def test_stcf_single_scale_equals_eqs_3_4_6():
     )
 
 
+def manual_token_maps(stcf, feats, scales):
+    """Eqs. 3-4 by hand for the two-frame clip ``feats``: per scale s, the attention maps
+    A^s (B x P x h x w, one map per pooled token of frame t-1) and the values V^s."""
+    maps, values = [], []
+    for s, (h, w) in enumerate(scales):
+        past = stcf.pools[s](feats[0][s])
+        q = stcf.q_proj[s](feats[1][s].flatten(2).transpose(1, 2))
+        k, v = stcf.k_proj[s](past), stcf.v_proj[s](past)
+        a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(DIM), dim=-1)
+        maps.append(a.transpose(1, 2).reshape(a.shape[0], -1, h, w))
+        values.append(v)
+    return maps, values
+
+
+def manual_concat_fusion(stcf, feats, b1: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Eqs. 6-7 by hand: O_t = B^1 V^1, concatenated with frame t's own tokens, fused and
+    normalised; returned as a B x C x h x w map like the module's output."""
+    o_t = b1.flatten(2).transpose(1, 2) @ v1
+    own = feats[1][0].flatten(2).transpose(1, 2)
+    fused = stcf.norm(stcf.fuse(torch.cat([own, o_t], dim=-1)))
+    return fused.transpose(1, 2).reshape(feats[1][0].shape)
+
+
 def test_stcf_cross_scale_aggregation_equals_eq_5():
     """Two scales: B^2 = A^2, B^1 = Conv(Upsample(B^2) + A^1), O_t = B^1 V^1, concat fusion."""
     stcf = make_stcf("concat", num_scales=2)
@@ -197,22 +220,11 @@ def test_stcf_cross_scale_aggregation_equals_eq_5():
     feats = clip_features(2, scales=scales)
     out = run_stcf(stcf, feats)
     with torch.no_grad():
-        maps, values = [], []
-        for s, (h, w) in enumerate(scales):
-            past = stcf.pools[s](feats[0][s])
-            q = stcf.q_proj[s](feats[1][s].flatten(2).transpose(1, 2))
-            k, v = stcf.k_proj[s](past), stcf.v_proj[s](past)
-            a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(DIM), dim=-1)
-            maps.append(a.transpose(1, 2).reshape(2, -1, h, w))
-            values.append(v)
+        maps, values = manual_token_maps(stcf, feats, scales)
         up = F.interpolate(maps[1], size=scales[0], mode="bilinear", align_corners=False)
         b1 = F.conv2d(up + maps[0], stcf.aggregate[0].weight, stcf.aggregate[0].bias, padding=1)
-        o_t = b1.flatten(2).transpose(1, 2) @ values[0]
-        own = feats[1][0].flatten(2).transpose(1, 2)
-        expected = stcf.norm(stcf.fuse(torch.cat([own, o_t], dim=-1)))
-    torch.testing.assert_close(
-        out, expected.transpose(1, 2).reshape(out.shape), atol=1e-5, rtol=1e-5
-    )
+        expected = manual_concat_fusion(stcf, feats, b1, values[0])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_stcf_shared_aggregation_equals_eq_5_with_one_conv_per_token_map():
@@ -225,14 +237,7 @@ def test_stcf_shared_aggregation_equals_eq_5_with_one_conv_per_token_map():
     feats = clip_features(2, scales=scales)
     out = run_stcf(stcf, feats)
     with torch.no_grad():
-        maps, values = [], []
-        for s, (h, w) in enumerate(scales):
-            past = stcf.pools[s](feats[0][s])
-            q = stcf.q_proj[s](feats[1][s].flatten(2).transpose(1, 2))
-            k, v = stcf.k_proj[s](past), stcf.v_proj[s](past)
-            a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(DIM), dim=-1)
-            maps.append(a.transpose(1, 2).reshape(2, -1, h, w))
-            values.append(v)
+        maps, values = manual_token_maps(stcf, feats, scales)
         num_tokens = maps[0].shape[1]
         assert num_tokens == pools[0].token_count(*scales[0]) == pools[1].token_count(*scales[1])
         up = F.interpolate(maps[1], size=scales[0], mode="bilinear", align_corners=False)
@@ -242,12 +247,8 @@ def test_stcf_shared_aggregation_equals_eq_5_with_one_conv_per_token_map():
              for p in range(num_tokens)],
             dim=1,
         )  # fmt: skip
-        o_t = b1.flatten(2).transpose(1, 2) @ values[0]
-        own = feats[1][0].flatten(2).transpose(1, 2)
-        expected = stcf.norm(stcf.fuse(torch.cat([own, o_t], dim=-1)))
-    torch.testing.assert_close(
-        out, expected.transpose(1, 2).reshape(out.shape), atol=1e-5, rtol=1e-5
-    )
+        expected = manual_concat_fusion(stcf, feats, b1, values[0])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_stcf_fusion_is_gradual_over_every_frame():
@@ -445,7 +446,9 @@ def test_head_scores_each_class_independently():
 def test_head_with_template_channels():
     """A [B, N, T, h, w] cost volume: the first conv takes the T channels of a class; classes
     stay independent; a cost volume with another T is refused."""
-    head = OpenVocabularyHead(10, 24, cost_dim=8, pos_dim=6, decoder_dim=12, text_channels=5)
+    head = OpenVocabularyHead(
+        pos_in_channels=10, temporal_dim=24, cost_dim=8, pos_dim=6, decoder_dim=12, text_channels=5
+    )
     assert head.cost_conv[0].in_channels == 5
     cost = torch.rand(2, 7, 5, 12, 16) * 2 - 1
     u1, o_hat = torch.randn(2, 10, 24, 32), torch.randn(2, 24, 12, 16)

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -100,7 +99,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def demo(repo_root, tiny_config_file, tiny_cfg, tmp_path_factory):
+def demo(run_demos, tiny_config_file, tiny_cfg, tmp_path_factory):
     """``case -> (CompletedProcess, tmp folder)`` of ``python demo/demo.py`` runs."""
     cases = {}
     for name, make in CASES.items():
@@ -110,15 +109,8 @@ def demo(repo_root, tiny_config_file, tiny_cfg, tmp_path_factory):
             args += SMALL
         cases[name] = (["--config-file", tiny_config_file, "--vocabulary", VOCAB, *args], tmp)
 
-    def run(args):
-        return subprocess.run(
-            [sys.executable, "demo/demo.py", *args], cwd=repo_root, capture_output=True,
-            text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
-        )  # fmt: skip
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {name: pool.submit(run, args) for name, (args, _) in cases.items()}
-        return {name: (futures[name].result(), tmp) for name, (_, tmp) in cases.items()}
+    procs = run_demos({name: args for name, (args, _) in cases.items()})
+    return {name: (procs[name], tmp) for name, (_, tmp) in cases.items()}
 
 
 def one_error_line(proc):

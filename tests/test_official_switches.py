@@ -484,18 +484,10 @@ def mapper_for(tmp_path, frames: List[str], t: int, **overrides):
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, lambda: [record])
         MetadataCatalog.get(name).set(stuff_classes=["a", "b"], ignore_label=255)
-    cfg = get_ov2vss_cfg()
-    cfg.DATASETS.TRAIN = (name,)
-    cfg.INPUT.FORMAT = "RGB"
-    cfg.INPUT.MIN_SIZE_TRAIN = (FH,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 1000
-    cfg.INPUT.CROP.ENABLED = False
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
+    # frames keep their size (no resize, no crop), so that pixel values name the frame
+    opts = ["DATASETS.TRAIN", (name,), "INPUT.FORMAT", "RGB", "INPUT.MIN_SIZE_TRAIN", (FH,),
+            "INPUT.MAX_SIZE_TRAIN", 1000, "INPUT.CROP.ENABLED", False]  # fmt: skip
+    cfg = get_ov2vss_cfg(opts=opts + [item for pair in overrides.items() for item in pair])
     return VideoSemSegDatasetMapper(cfg, is_train=True), record
 
 

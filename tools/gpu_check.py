@@ -32,28 +32,21 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FULL = dict(
-    tiny=False,
-    config="configs/vspw/ov2vss_R50.yaml",
-    size=(480, 853),
-    iters=30,
-    warmup=5,
-    batch=4,
-    eval_frames=40,
-    train_videos=4,
-    train_frames=8,
-)
-TINY = dict(
-    tiny=True,
-    config="configs/toy/ov2vss_tiny_cpu.yaml",
-    size=(48, 64),
-    iters=3,
-    warmup=1,
-    batch=2,
-    eval_frames=6,
-    train_videos=2,
-    train_frames=4,
-)
+# Run sizes: the real one, and the CPU dry run (--cpu --tiny). Columns: config, frame size,
+# timed iterations, untimed warm-up iterations, batch, frames of the evaluation video, number
+# of training videos and frames per training video.
+PRESET_FIELDS = "config size iters warmup batch eval_frames train_videos train_frames".split()
+PRESETS = {
+    "full": ("configs/vspw/ov2vss_R50.yaml", (480, 853), 30, 5, 4, 40, 4, 8),
+    "tiny": ("configs/toy/ov2vss_tiny_cpu.yaml", (48, 64), 3, 1, 2, 6, 2, 4),
+}
+
+
+def preset_for(tiny: bool) -> Dict[str, object]:
+    """The run sizes of the full check or of the CPU dry run, as a dict (plus ``tiny``)."""
+    preset = dict(zip(PRESET_FIELDS, PRESETS["tiny" if tiny else "full"]))
+    preset["tiny"] = tiny
+    return preset
 
 
 def write_synthetic_vspw(root: str, videos: Dict[str, Tuple[str, int]], size: Tuple[int, int]):
@@ -238,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
-    preset = dict(TINY if args.tiny else FULL)
+    preset = preset_for(args.tiny)
     preset["iters"] = args.iters or preset["iters"]
     preset["eval_frames"] = args.eval_frames or preset["eval_frames"]
     preset["warmup"] = min(preset["warmup"], preset["iters"] - 1)

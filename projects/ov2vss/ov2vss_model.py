@@ -173,14 +173,14 @@ class OV2VSS(nn.Module):
             else None
         )
         head = OpenVocabularyHead(
-            shapes[in_features[0]].channels,
-            hidden,
-            m.HEAD.COST_DIM,
-            m.HEAD.POS_DIM,
-            m.HEAD.DECODER_DIM,
-            m.HEAD.TEMPERATURE_INIT,
-            m.CLASS_CHUNK,
-            clip.text_channels,
+            temporal_dim=hidden,
+            cost_dim=m.HEAD.COST_DIM,
+            text_channels=clip.text_channels,
+            pos_in_channels=shapes[in_features[0]].channels,
+            pos_dim=m.HEAD.POS_DIM,
+            decoder_dim=m.HEAD.DECODER_DIM,
+            temperature_init=m.HEAD.TEMPERATURE_INIT,
+            class_chunk=m.CLASS_CHUNK,
         )
         aux_head = (
             TextAlignedAuxHead(hidden, clip.embed_dim, m.HEAD.TEMPERATURE_INIT)

@@ -32,16 +32,30 @@ from .video_text_encoding import cosine_cost_volume
 
 
 class OpenVocabularyHead(nn.Module):
+    """Eqs. 12-15 for any number of classes (module docstring).
+
+    Args (keywords only, grouped by the tensor they size):
+        temporal_dim: channels of the temporally enhanced features O^_t (Eq. 14).
+        cost_dim: channels of the refined cost volume X~ per class.
+        text_channels: T cost-volume channels per class (1, or the number of templates).
+        pos_in_channels: channels of the shallowest backbone map U^1 (Eq. 13).
+        pos_dim: channels of its projection.
+        decoder_dim: channels of phi_seg's hidden layer (Eq. 15).
+        temperature_init: initial temperature of the cosine cost volume (learnt).
+        class_chunk: classes decoded at a time (bounds memory for large vocabularies).
+    """
+
     def __init__(
         self,
-        pos_in_channels: int,
+        *,
         temporal_dim: int,
         cost_dim: int = 32,
+        text_channels: int = 1,
+        pos_in_channels: int,
         pos_dim: int = 32,
         decoder_dim: int = 64,
         temperature_init: float = 0.07,
         class_chunk: int = 64,
-        text_channels: int = 1,
     ):
         super().__init__()
         if class_chunk < 1:
