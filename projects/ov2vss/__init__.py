@@ -23,10 +23,12 @@ from .data import VideoSemSegDatasetMapper
 from .evaluation import VideoSemSegEvaluator
 from .ov2vss_model import OV2VSS
 from .predictor import VideoPredictor
+from .training_free import TrainingFreePredictor
 
 __all__ = [
     "add_ov2vss_config",
     "OV2VSS",
+    "TrainingFreePredictor",
     "VideoPredictor",
     "VideoSemSegDatasetMapper",
     "VideoSemSegEvaluator",
