@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+# benchmarks/ is this script's directory, hence on sys.path when it runs
 from common import print_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

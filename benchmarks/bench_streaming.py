@@ -33,6 +33,8 @@ import platform
 import sys
 from typing import Dict, List, Optional
 
+# benchmarks/ is this script's directory, hence on sys.path when it runs (and in the
+# spawned workers, which inherit it)
 from common import Meter, per_frame, print_table, proc_status_kib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
