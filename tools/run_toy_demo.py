@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     quiet_console_logging(args.output_dir)
-    # honour OMP_NUM_THREADS (the Makefile sets it); else both cores of the reference machine
+    # honour OMP_NUM_THREADS when set (one thread: bitwise repeatable); else two cores
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or min(2, os.cpu_count() or 1))
 
     cfg = get_ov2vss_cfg(args.config_file, args.opts)
