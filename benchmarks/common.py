@@ -4,7 +4,9 @@ printer (README "Benchmarks")."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Sequence
+
+__all__ = ["Meter", "per_frame", "print_table", "proc_status_kib", "reset_peak_rss"]
 
 
 def proc_status_kib(key: str) -> int:
@@ -66,6 +68,3 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
         print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         if i == 0:
             print("-+-".join("-" * w for w in widths))
-
-
-__all__: List[str] = ["Meter", "per_frame", "print_table", "proc_status_kib", "reset_peak_rss"]

@@ -25,11 +25,6 @@ VOCAB = ["road", "car", "person", "bicycle", "building", "sky"]
 SMALL = ["--opts", "INPUT.MIN_SIZE_TEST", "64"]
 
 
-@pytest.fixture(scope="module")
-def bikes(bikes_video):
-    return bikes_video
-
-
 def decode(path, limit=None):
     with av.open(path) as container:
         frames = []
@@ -87,10 +82,10 @@ def exif_rotated_folder(folder):
 
 
 # ---------------------------------------------------------------- video_io (in-process)
-def test_video_file_source(bikes):
-    source = video_io.VideoFileSource(bikes, max_frames=5)
+def test_video_file_source(bikes_video):
+    source = video_io.VideoFileSource(bikes_video, max_frames=5)
     frames = list(source)
-    expected = decode(bikes, limit=5)
+    expected = decode(bikes_video, limit=5)
     assert source.num_frames == len(frames) == 5
     assert all(np.array_equal(a, b) for a, b in zip(frames, expected))
     np.testing.assert_array_equal(source.last_frame, expected[-1])
@@ -308,17 +303,17 @@ BAD_INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def cli(bikes, run_demos, tiny_config_file, tmp_path_factory):
+def cli(bikes_video, run_demos, tiny_config_file, tmp_path_factory):
     """``case -> (subprocess.CompletedProcess, tmp folder, context)`` for every run of
     ``python demo/demo.py``, all run concurrently."""
     cases = {}
     for name, make in (("bikes_video", bikes_video_case), ("frame_folder", frame_folder_case)):
         tmp = tmp_path_factory.mktemp(name)
-        args, context = make(tmp, bikes, tiny_config_file)
+        args, context = make(tmp, bikes_video, tiny_config_file)
         cases[name] = (args, tmp, context)
     for name, (make_args, _) in BAD_INPUTS.items():
         tmp = tmp_path_factory.mktemp(name)
-        args = make_args(tmp, bikes)
+        args = make_args(tmp, bikes_video)
         if "--config-file" not in args:
             args = ["--config-file", tiny_config_file, *args]
         cases[name] = (args, tmp, {})
@@ -327,7 +322,7 @@ def cli(bikes, run_demos, tiny_config_file, tmp_path_factory):
     return {name: (procs[name], tmp, ctx) for name, (_, tmp, ctx) in cases.items()}
 
 
-def test_demo_on_bikes_writes_video_and_summary(cli, bikes):
+def test_demo_on_bikes_writes_video_and_summary(cli, bikes_video):
     proc, _, ctx = cli["bikes_video"]
     assert proc.returncode == 0, proc.stderr
     out = ctx["out"]
@@ -335,7 +330,7 @@ def test_demo_on_bikes_writes_video_and_summary(cli, bikes):
     assert len(frames) == 6
     assert frames[0].shape == (272, 640, 3)
     # the overlay changed the picture (labels blended at alpha 0.5), but it is still the scene
-    original = decode(bikes, limit=6)
+    original = decode(bikes_video, limit=6)
     diff = np.abs(frames[3].astype(np.int16) - original[3].astype(np.int16)).mean()
     assert 5 < diff < 120
     summary = json.loads((out.parent / "bikes_seg.json").read_text())

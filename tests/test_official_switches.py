@@ -33,8 +33,7 @@ from ov2vss.data.augmentation import (
     build_frame_color_augmentation,
 )
 from ov2vss.data.frame_sampling import select_random_frame, window_indices
-from ov2vss.engine import Trainer, setup
-from ov2vss.engine.amp import GradientAccumulationTrainer, build_step_trainer
+from ov2vss.engine import GradientAccumulationTrainer, Trainer, build_step_trainer, setup
 from ov2vss.modeling import P2TPooling, RandomFrameEnhancement, SpatialTemporalContextFusion
 from ov2vss.modeling.clip_adapter import template_mean
 from ov2vss.modeling.video_text_encoding import cosine_cost_volume

@@ -17,13 +17,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from ov2vss import VideoSemSegDatasetMapper, VideoSemSegEvaluator
+from ov2vss import TrainingFreePredictor, VideoSemSegDatasetMapper, VideoSemSegEvaluator
 from ov2vss.checkpoint import OV2VSSCheckpointer
 from ov2vss.data.io import read_mask
 from ov2vss.evaluation.report import DPI, figure_size, write_report
 from ov2vss.evaluation.seen_bias import SeenBiasSweep, ausuc, group_mious
 from ov2vss.seeding import seeded_rng
-from ov2vss.training_free import RandomCLIPError, TrainingFreePredictor
+from ov2vss.training_free import RandomCLIPError
 from ov2vss.vocabulary import dataset_vocabulary
 
 ALL = "vspw_toy_val_all"
