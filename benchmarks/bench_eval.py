@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Evaluation cost on CPU: window-by-window vs streaming evaluation, and text encoding over the
-full vs the short context (README "Benchmarks").
+full vs the short context (docs/BENCHMARKS.md).
 
 (1) Per evaluated frame, ``Trainer.test`` (what ``train_net.py --eval-only`` runs) on a
     synthetic 20-frame 480 x 853 video in the VSPW layout (written here, label maps by
@@ -69,7 +69,7 @@ def measure_eval(config: str, num_frames: int, window_frames: int, threads: int)
     import ov2vss  # noqa: F401  (registers the model and the datasets)
     from ov2vss.config import get_ov2vss_cfg
     from ov2vss.data.datasets.register_vspw import register_vspw_family
-    from ov2vss.data.label_maps import prepare_vspw
+    from ov2vss.data.prepare_vspw import prepare_vspw
     from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
     from ov2vss.engine import Trainer
     from ov2vss.vocabulary import dataset_vocabulary
@@ -133,7 +133,7 @@ def measure_text(threads: int) -> Dict:
     import ov2vss  # noqa: F401
     from ov2vss.config import get_ov2vss_cfg
     from ov2vss.data.vspw_classes import class_name_to_text, get_vspw_class_names
-    from ov2vss.modeling import clip_adapter
+    from ov2vss.modeling.clip import adapter as clip_adapter
 
     torch.set_num_threads(threads)
     cfg = get_ov2vss_cfg(os.path.join(REPO, CONFIGS["r50"]), ["MODEL.CLIP.PRETRAINED", ""])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory and time of one OV2VSS inference forward on CPU (README "Benchmarks").
+"""Peak memory and time of one OV2VSS inference forward on CPU (docs/BENCHMARKS.md).
 
 One 480 x 853 window (the 4 frames t-9, t-6, t-3, t plus the random frame), the full VSPW
 vocabulary of 124 names, random weights (MODEL.WEIGHTS "" and MODEL.CLIP.PRETRAINED "", so

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-frame latency and memory of video inference on CPU (README "Benchmarks").
+"""Per-frame latency and memory of video inference on CPU (docs/BENCHMARKS.md).
 
 Three ways to segment every frame of a 480 x 853 video:
 

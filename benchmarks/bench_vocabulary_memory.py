@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory of streaming inference against the vocabulary size (README "Benchmarks").
+"""Peak memory of streaming inference against the vocabulary size (docs/BENCHMARKS.md).
 
 The demo's path (:class:`ov2vss.VideoPredictor`, tiny config, random weights) on 3 synthetic
 frames of 640 x 272 (bikes.mp4's size, test size 272), with 6, 124, 1000 and 5000 class names.

@@ -1,5 +1,5 @@
 """What the CPU benchmarks share: resident-memory readings, a per-mode meter and the table
-printer (README "Benchmarks")."""
+printer (docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ov2vss.data.datasets.root import datasets_root
-from ov2vss.data.label_maps import save_png_atomically
+from ov2vss.fileio import write_png
 
 # Cityscapes label id -> train id (cityscapesscripts/helpers/labels.py); ids not listed -> 255.
 ID_TO_TRAIN_ID = {
@@ -50,7 +50,7 @@ def convert_label_ids(src: str, dst: str) -> None:
         raise OSError(f"cannot read {src}: {e}") from e
     if ids.ndim != 2:
         raise ValueError(f"{src}: expected a single-channel label image, got shape {ids.shape}")
-    save_png_atomically(id_to_train_id_lut()[ids], dst)  # never a half-written file
+    write_png(dst, id_to_train_id_lut()[ids])  # never a half-written file
 
 
 def _has_cityscapesscripts() -> bool:

@@ -32,7 +32,7 @@ import sys
 from typing import Optional, Sequence
 
 from ov2vss.data.datasets.root import datasets_root
-from ov2vss.data.label_maps import prepare_vspw
+from ov2vss.data.prepare_vspw import prepare_vspw
 from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
 
 # video counts of the official 480p release (paper IV-A)

@@ -10,12 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from ov2vss.checkpoint import (
-    CheckpointError,
-    OV2VSSCheckpointer,
-    atomic_torch_save,
-    load_checkpoint_file,
-)
+from ov2vss.checkpoint import OV2VSSCheckpointer
+from ov2vss.checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint_file
 
 
 class Net(nn.Module):
@@ -212,13 +208,13 @@ def test_atomic_save_replaces_the_file(tmp_path):
 
 # ---------------------------------------------------------------------------- open_clip
 def _tiny_clip():
-    from ov2vss.modeling.clip_adapter import build_open_clip
+    from ov2vss.modeling.clip import build_open_clip
 
     return build_open_clip("OV2VSS-Tiny-CLIP", "")
 
 
 def test_open_clip_checkpoint_loads_under_weights_only(tmp_path):
-    from ov2vss.modeling.clip_adapter import build_open_clip
+    from ov2vss.modeling.clip import build_open_clip
 
     torch.manual_seed(1)
     src = _tiny_clip()
@@ -228,7 +224,7 @@ def test_open_clip_checkpoint_loads_under_weights_only(tmp_path):
 
 
 def test_open_clip_corrupt_or_unsafe_checkpoint_names_the_file(tmp_path):
-    from ov2vss.modeling.clip_adapter import build_open_clip
+    from ov2vss.modeling.clip import build_open_clip
 
     truncated = str(tmp_path / "truncated_clip.pt")
     torch.save(_tiny_clip().state_dict(), truncated)

@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ov2vss.modeling import clip_adapter
-from ov2vss.modeling.clip_adapter import (
-    CLIPAdapter,
-    build_clip_adapter,
-    build_open_clip,
-    encode_text,
-)
+import ov2vss.modeling.clip.adapter as clip_adapter
+from ov2vss.modeling.clip import CLIPAdapter, build_clip_adapter, build_open_clip, encode_text
 
 TINY_CLIP = "OV2VSS-Tiny-CLIP"  # shipped open_clip config: width 64, 2+2 blocks, patch 8, 96 px
 

@@ -1,37 +1,19 @@
-"""The config: every key declared once, renamed keys still accepted, dead keys gone."""
-
-import logging
+"""The config: every key declared once, unknown keys refused by name, dead keys gone."""
 
 import pytest
-from detectron2.config import get_cfg
 
-from ov2vss.config import add_ov2vss_config, check_renamed_keys, get_ov2vss_cfg
+from ov2vss.config import get_ov2vss_cfg
 
 
-def test_old_window_key_names_still_work_with_a_deprecation_message(tmp_path, caplog):
+def test_an_unknown_key_is_an_error_naming_it(tmp_path):
+    """INPUT.CLIP.* (the window keys' old name, now INPUT.TEMPORAL.*) is not a key: a config
+    file or an override holding it fails with detectron2's error naming it."""
     yaml = tmp_path / "old.yaml"
     yaml.write_text("INPUT:\n  CLIP:\n    RANDOM_FRAME: False\n")
-    with caplog.at_level(logging.WARNING, logger="ov2vss.config"):
-        cfg = get_ov2vss_cfg(str(yaml), ["INPUT.CLIP.REFERENCE_OFFSETS", [4, 2]])
-    assert list(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS) == [4, 2]
-    assert cfg.INPUT.TEMPORAL.RANDOM_FRAME is False
-    messages = " ".join(r.getMessage() for r in caplog.records)
-    assert (
-        "INPUT.CLIP.REFERENCE_OFFSETS is deprecated: use INPUT.TEMPORAL.REFERENCE_OFFSETS"
-        in messages
-    )
-    assert "INPUT.CLIP.RANDOM_FRAME is deprecated: use INPUT.TEMPORAL.RANDOM_FRAME" in messages
-    check_renamed_keys(cfg)  # moved: nothing left under the old names
-
-
-def test_an_unmoved_old_key_is_refused_not_ignored():
-    cfg = get_cfg()
-    add_ov2vss_config(cfg)
-    cfg.merge_from_list(["INPUT.CLIP.REFERENCE_OFFSETS", [4, 2]])  # bypasses get_ov2vss_cfg
-    with pytest.raises(
-        ValueError, match="INPUT.CLIP.REFERENCE_OFFSETS is deprecated.*INPUT.TEMPORAL"
-    ):
-        check_renamed_keys(cfg)
+    with pytest.raises(KeyError, match="Non-existent config key: INPUT.CLIP"):
+        get_ov2vss_cfg(str(yaml))
+    with pytest.raises(AssertionError, match="Non-existent key: INPUT.CLIP.REFERENCE_OFFSETS"):
+        get_ov2vss_cfg(opts=["INPUT.CLIP.REFERENCE_OFFSETS", [4, 2]])
 
 
 def test_defaults_and_removed_keys():

@@ -14,13 +14,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import ov2vss  # noqa: F401  (registers the datasets)
+from ov2vss.data.datasets.common import VideoFrameList
 from ov2vss.data.datasets.register_cityscapes_video import (
     CITYSCAPES_CLASS_NAMES,
     load_cityscapes_video,
     register_cityscapes_video,
 )
-from ov2vss.data.datasets.register_vspw import VideoFrameList, load_vspw_split, register_vspw_family
-from ov2vss.data.label_maps import prepare_vspw
+from ov2vss.data.datasets.register_vspw import load_vspw_split, register_vspw_family
+from ov2vss.data.prepare_vspw import prepare_vspw
 from ov2vss.data.vspw_classes import get_vspw_class_names
 
 

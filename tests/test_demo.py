@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ov2vss import video_io
+from ov2vss import video_io, video_output
 from ov2vss.data.io import FrameSizeError
 from ov2vss.visualization import class_colors, draw_overlay
 
@@ -125,7 +125,7 @@ def test_frame_folder_source(tmp_path):
 
 
 def test_video_writer_pads_odd_sizes(tmp_path):
-    writer = video_io.VideoWriter(str(tmp_path / "odd.mp4"), Fraction(10), 65, 33)
+    writer = video_output.VideoWriter(str(tmp_path / "odd.mp4"), Fraction(10), 65, 33)
     for i in range(3):
         writer.write(np.full((33, 65, 3), 60 * i, np.uint8))
     writer.close()
@@ -137,37 +137,39 @@ def test_output_checks_name_the_path_and_change_nothing(tmp_path):
     existing = tmp_path / "old.mp4"
     existing.write_bytes(b"a previous result")
     before = os.stat(existing).st_mtime_ns
-    video_io.check_writable_file(
+    video_output.check_writable_file(
         str(existing), "the output video"
     )  # an existing file stays as it is
     assert existing.read_bytes() == b"a previous result"
     assert os.stat(existing).st_mtime_ns == before
-    video_io.check_writable_file(str(tmp_path / "new" / "out.mp4"))  # folders made, no file left
+    # folders made, no file left
+    video_output.check_writable_file(str(tmp_path / "new" / "out.mp4"))
     assert os.listdir(tmp_path / "new") == []
-    video_io.check_writable_file(str(tmp_path / "new" / "s.json"), atomic=True)
+    video_output.check_writable_file(str(tmp_path / "new" / "s.json"), atomic=True)
     assert os.listdir(tmp_path / "new") == []
     with pytest.raises(
-        video_io.OutputError, match=r"the PNG folder /sys/ov2vss_pngs: cannot create"
+        video_output.OutputError, match=r"the PNG folder /sys/ov2vss_pngs: cannot create"
     ):
-        video_io.check_writable_folder("/sys/ov2vss_pngs", "the PNG folder")
-    with pytest.raises(video_io.OutputError, match=rf"{existing}: it is a file, not a folder"):
-        video_io.check_writable_folder(str(existing))
-    with pytest.raises(video_io.OutputError, match=rf"{tmp_path}: it is a folder"):
-        video_io.check_writable_file(str(tmp_path))
+        video_output.check_writable_folder("/sys/ov2vss_pngs", "the PNG folder")
+    with pytest.raises(video_output.OutputError, match=rf"{existing}: it is a file, not a folder"):
+        video_output.check_writable_folder(str(existing))
+    with pytest.raises(video_output.OutputError, match=rf"{tmp_path}: it is a folder"):
+        video_output.check_writable_file(str(tmp_path))
     with pytest.raises(
-        video_io.OutputError, match=r"the output video /sys/ov2vss/o\.mp4: cannot create"
+        video_output.OutputError, match=r"the output video /sys/ov2vss/o\.mp4: cannot create"
     ):
-        video_io.VideoWriter("/sys/ov2vss/o.mp4", Fraction(10), 8, 8)  # before PyAV opens it lazily
+        # before PyAV opens it lazily
+        video_output.VideoWriter("/sys/ov2vss/o.mp4", Fraction(10), 8, 8)
 
 
 def test_png_writer_keeps_what_it_wrote_when_a_write_fails(tmp_path):
     folder = tmp_path / "pngs"
-    writer = video_io.PngFolderWriter(str(folder))
+    writer = video_output.PngFolderWriter(str(folder))
     frames = [np.full((6, 8, 3), 50 * i, np.uint8) for i in range(3)]
     writer.write(frames[0], "f0")
     writer.write(frames[1], "f1")
     (folder / "f2.png").mkdir()  # the third file cannot be created
-    with pytest.raises(video_io.OutputError) as e:
+    with pytest.raises(video_output.OutputError) as e:
         writer.write(frames[2], "f2")
     assert str(e.value).startswith(f"cannot write {folder / 'f2.png'} (")
     assert f"the 2 PNGs written before it stay in {folder}" in str(e.value)
@@ -180,16 +182,17 @@ def test_png_writer_keeps_what_it_wrote_when_a_write_fails(tmp_path):
             path.unlink()
     folder.joinpath("f2.png").rmdir()
     folder.rmdir()  # the folder removed mid-run
-    with pytest.raises(video_io.OutputError, match=re.escape(f"cannot write {folder / 'f3.png'}")):
+    f3 = re.escape(f"cannot write {folder / 'f3.png'}")
+    with pytest.raises(video_output.OutputError, match=f3):
         writer.write(frames[0], "f3")
 
 
 def test_video_writer_names_the_file_when_the_disk_is_full(tmp_path):
     os.symlink("/dev/full", tmp_path / "full.mp4")
-    writer = video_io.VideoWriter(str(tmp_path / "full.mp4"), Fraction(10), 16, 16)
+    writer = video_output.VideoWriter(str(tmp_path / "full.mp4"), Fraction(10), 16, 16)
     for i in range(3):
         writer.write(np.full((16, 16, 3), 80 * i, np.uint8))
-    with pytest.raises(video_io.OutputError) as e:
+    with pytest.raises(video_output.OutputError) as e:
         writer.close()  # the encoder holds the frames until the end: the error comes here
     message = str(e.value)
     assert message.startswith(f"writing the output video {tmp_path / 'full.mp4'} failed")
@@ -226,7 +229,7 @@ def test_class_colors_beyond_the_palette():
 # ---------------------------------------------------------------- the command line
 def bikes_video_case(tmp, bikes, config):
     """Video in, video + JSON out; a pretrained CLIP checkpoint but no MODEL.WEIGHTS."""
-    from ov2vss.modeling.clip_adapter import build_open_clip
+    from ov2vss.modeling.clip import build_open_clip
 
     clip_ckpt = tmp / "tiny_clip.pt"
     torch.save(build_open_clip("OV2VSS-Tiny-CLIP", "").state_dict(), clip_ckpt)

@@ -15,8 +15,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from PIL import Image
 
-from ov2vss.data.label_maps import write_label_map
+from ov2vss.data.prepare_vspw import write_label_map
 from ov2vss.evaluation import VideoSemSegEvaluator
+from ov2vss.evaluation.report import write_evaluation_reports
 
 CLASSES = ["red circle", "blue star", "green square", "yellow ring"]
 I = 255  # ignored pixel in the label-id tables below
@@ -237,6 +238,7 @@ def test_every_metric_matches_hand_computation(dataset, tmp_path):
     results = evaluator.evaluate()
     _assert_same(results, _percent(EXPECTED))
     assert list(results["sem_seg"])[:4] == ["mIoU", "fwIoU", "mACC", "pACC"]
+    assert write_evaluation_reports(evaluator) == [str(out / "report.png")]  # as Trainer.test
 
     # metrics.json and its PNG report, no per-frame dump; NaN (class 3 absent) is written as null
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.png"]
@@ -321,6 +323,7 @@ def test_dump_predictions_writes_rle_per_class(dataset, tmp_path):
     )
     _run(evaluator, files, [("a", 2)])
     evaluator.evaluate()
+    write_evaluation_reports(evaluator)
     assert sorted(p.name for p in out.iterdir()) == [
         "metrics.json",
         "report.png",
@@ -469,7 +472,9 @@ def test_video_consistency_matches_the_official_script(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    assert results[0][1] == len(records) and results[1][1] == 8  # maps held at once
+    # maps held at once: reversed, a video's frames wait for its first one (v3: 8 of 9);
+    # in order, the longest window
+    assert results[0][1] == max(lengths.values()) - 1 and results[1][1] == 8
     for n in (2, 3, 4, 8):
         official = _official_vc(str(tmp_path), preds, list(lengths), n)
         for res, _ in results:

@@ -251,22 +251,6 @@ def test_select_random_frame_rules():
         window_indices(5, 5, [1])
 
 
-def test_deprecated_window_keys(tmp_path):
-    frames = write_video(tmp_path, "old", 20)
-    record = make_record(frames, 10)
-    name = register(tmp_path, [record])
-    # a config built by get_ov2vss_cfg accepts the old name (moved to INPUT.TEMPORAL)
-    cfg = get_ov2vss_cfg(opts=["INPUT.CLIP.REFERENCE_OFFSETS", "[4, 1]"])
-    cfg.DATASETS.TEST = (name,)
-    cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST = "RGB", H
-    assert frame_ids(VideoSemSegDatasetMapper(cfg, is_train=False)(record)) == [6, 9, 10]
-    # a value left under the old name would be ignored: refused
-    cfg = make_cfg(name)
-    cfg.INPUT.CLIP.REFERENCE_OFFSETS = [4, 1]
-    with pytest.raises(ValueError, match="INPUT.CLIP.REFERENCE_OFFSETS is deprecated"):
-        VideoSemSegDatasetMapper(cfg, is_train=False)
-
-
 def test_build_augmentation():
     cfg = make_cfg("unused", **{"INPUT.CROP.ENABLED": True, "INPUT.COLOR_AUG_SSD": True})
     train = build_augmentation(cfg, is_train=True)

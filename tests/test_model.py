@@ -119,7 +119,7 @@ ABLATIONS = {
     "no_vte": ["MODEL.OV2VSS.VTE.ENABLED", False],
     "vte_attention_only": ["MODEL.OV2VSS.VTE.USE_FFN", False],
     "fusion_add": ["MODEL.OV2VSS.STCF.FUSION", "add"],
-    # the official code's choices (README "Differences from the official code")
+    # the official code's choices (docs/OFFICIAL_CODE.md)
     "templates_as_channels": [
         "MODEL.CLIP.TEMPLATE_MODE",
         "channels",

@@ -27,7 +27,7 @@ from ov2vss.modeling import (
     VideoTextEncoder,
     cosine_cost_volume,
 )
-from ov2vss.modeling.clip_adapter import build_open_clip, get_prompt_templates, vit_patch_tokens
+from ov2vss.modeling.clip import build_open_clip, get_prompt_templates, vit_patch_tokens
 
 TINY_CLIP = "OV2VSS-Tiny-CLIP"  # shipped open_clip config: width 64, 2+2 blocks, patch 8, 96 px
 
@@ -465,7 +465,7 @@ def test_head_with_template_channels():
 
 
 def test_head_never_builds_the_joined_class_pixel_tensor():
-    """README "Design decisions" (head cost): the O^_t part of the first decoder layer is computed once per pixel, so
+    """docs/OFFICIAL_CODE.md (head cost): the O^_t part of the first decoder layer is computed once per pixel, so
     no tensor holds N x (C' + C) values per pixel (here C = 96 temporal channels)."""
     head = make_head(temporal_dim=96).eval()
     n, h, w = 30, 12, 16
@@ -547,7 +547,7 @@ def test_clip_trainable_text_tower_is_not_cached_in_training():
 def test_clip_embeddings_average_over_templates(monkeypatch):
     import open_clip
 
-    from ov2vss.modeling import clip_adapter
+    from ov2vss.modeling.clip import adapter as clip_adapter
 
     templates = ["a photo of a {}.", "a drawing of the {}", "{} in the scene"]
     adapter = make_adapter(templates=templates).eval()
@@ -572,7 +572,7 @@ def test_clip_embeddings_average_over_templates(monkeypatch):
 def test_clip_templates_as_channels():
     """TEMPLATE_MODE "channels": [N, T, D] unit embeddings, one per template; their
     template_mean is exactly "mean" mode's embedding; both modes are cached separately."""
-    from ov2vss.modeling.clip_adapter import template_mean
+    from ov2vss.modeling.clip import template_mean
 
     templates = ["a photo of a {}.", "a drawing of the {}", "{} in the scene"]
     adapter = CLIPAdapter(fresh_tiny_clip(), TINY_CLIP, templates, template_mode="channels").eval()

@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from ov2vss.data.datasets.register_vspw import register_vspw_family
-from ov2vss.data.label_maps import prepare_vspw
+from ov2vss.data.prepare_vspw import prepare_vspw
 from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
 
 SMALL = ["--opts", "INPUT.MIN_SIZE_TEST", "64"]

@@ -1,5 +1,5 @@
-"""The switches that set OV2VSS to the official code's choices (README "Differences from the
-official code"), each off by default, and the preset configs/vspw/ov2vss_sam_vitb_official.yaml
+"""The switches that set OV2VSS to the official code's choices (docs/OFFICIAL_CODE.md), each
+off by default, and the preset configs/vspw/ov2vss_sam_vitb_official.yaml
 that turns them all on.
 
 Model switches: each one changes the output and keeps a gradient on every parameter; the
@@ -33,9 +33,9 @@ from ov2vss.data.augmentation import (
     build_frame_color_augmentation,
 )
 from ov2vss.data.frame_sampling import select_random_frame, window_indices
-from ov2vss.engine import GradientAccumulationTrainer, Trainer, build_step_trainer, setup
+from ov2vss.engine import StepTrainer, Trainer, build_step_trainer, setup
 from ov2vss.modeling import P2TPooling, RandomFrameEnhancement, SpatialTemporalContextFusion
-from ov2vss.modeling.clip_adapter import template_mean
+from ov2vss.modeling.clip import template_mean
 from ov2vss.modeling.video_text_encoding import cosine_cost_volume
 from ov2vss.solver import build_param_groups
 
@@ -307,9 +307,7 @@ def toy_train(batches, accumulate: int = 1, max_iter=None, checkpoint_period: in
     if accumulate == 1:
         trainer = SimpleTrainer(model, iter(batches), opt)
     else:
-        trainer = GradientAccumulationTrainer(
-            model, iter(batches), opt, accumulate, max_iter, checkpoint_period
-        )
+        trainer = StepTrainer(model, iter(batches), opt, accumulate, max_iter, checkpoint_period)
     trainer.train(0, max_iter)
     return model, len(steps)
 
@@ -350,7 +348,7 @@ def test_accumulated_gradients_survive_a_checkpoint_mid_group():
 
     model = ToyRegression()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    first = GradientAccumulationTrainer(model, iter([[s] for s in samples[:6]]), opt, 4, 8)
+    first = StepTrainer(model, iter([[s] for s in samples[:6]]), opt, 4, 8)
     run_iterations(first, 0, 6)  # one step, then 2 micro-batches of the second group
     state = first.state_dict()
     assert state["accumulation"]["group_start"] == 4
@@ -359,7 +357,7 @@ def test_accumulated_gradients_survive_a_checkpoint_mid_group():
     model2 = ToyRegression()
     model2.load_state_dict(model.state_dict())
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
-    second = GradientAccumulationTrainer(model2, iter([[s] for s in samples[6:]]), opt2, 4, 8)
+    second = StepTrainer(model2, iter([[s] for s in samples[6:]]), opt2, 4, 8)
     second.load_state_dict(state)
     run_iterations(second, 6, 8)
     assert_same_params(model2, ref, atol=0)  # bitwise
@@ -407,9 +405,10 @@ def test_ddp_accumulation_equals_one_large_batch(tmp_path):
 def test_accumulation_steps_setting(tiny_cfg):
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    assert type(build_step_trainer(tiny_cfg(), model, [], opt)) is SimpleTrainer
+    plain = build_step_trainer(tiny_cfg(), model, [], opt)  # one step per iteration, fp32
+    assert (plain.accumulate_steps, plain.autocast, plain.grad_scaler) == (1, None, None)
     trainer = build_step_trainer(tiny_cfg("SOLVER.ACCUMULATE_STEPS", 3), model, [], opt)
-    assert isinstance(trainer, GradientAccumulationTrainer) and trainer.accumulate_steps == 3
+    assert isinstance(trainer, StepTrainer) and trainer.accumulate_steps == 3
     assert trainer.group(4) == (3, 5) and trainer.group(399) == (399, 399)  # MAX_ITER 400
     with pytest.raises(Exception, match="ACCUMULATE_STEPS=0"):
         build_step_trainer(tiny_cfg("SOLVER.ACCUMULATE_STEPS", 0), model, [], opt)
@@ -613,7 +612,7 @@ def test_official_preset_trains_two_iterations_on_cpu(
         ["--config-file", os.path.join(repo_root, PRESET)] + opts
     )
     trainer = Trainer(setup(args))
-    assert isinstance(trainer._trainer, GradientAccumulationTrainer)
+    assert isinstance(trainer._trainer, StepTrainer) and trainer._trainer.accumulate_steps == 4
     model = trainer.model
     assert model.head.cost_conv[0].in_channels == 80 and model.pools[0].mode == "ratio"
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -20,7 +20,7 @@ from PIL import Image
 from ov2vss import TrainingFreePredictor, VideoSemSegDatasetMapper, VideoSemSegEvaluator
 from ov2vss.checkpoint import OV2VSSCheckpointer
 from ov2vss.data.io import read_mask
-from ov2vss.evaluation.report import DPI, figure_size, write_report
+from ov2vss.evaluation.report import DPI, figure_size, write_evaluation_reports, write_report
 from ov2vss.evaluation.seen_bias import SeenBiasSweep, ausuc, group_mious
 from ov2vss.seeding import seeded_rng
 from ov2vss.training_free import RandomCLIPError
@@ -163,7 +163,9 @@ def _evaluate(pairs, output_dir=None, calibrate=None):
             log_p = probs.double().log() - calibrate * seen
             probs = (log_p - log_p.logsumexp(0, keepdim=True)).exp()
         evaluator.process([{"file_name": record["file_name"]}], [{"sem_seg": probs}])
-    return evaluator.evaluate()["sem_seg"]
+    results = evaluator.evaluate()["sem_seg"]
+    write_evaluation_reports(evaluator)  # report.png beside metrics.json, as Trainer.test
+    return results
 
 
 @pytest.mark.parametrize("source", ["random", "tiny_model"])

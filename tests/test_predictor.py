@@ -9,8 +9,10 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from ov2vss import VideoSemSegDatasetMapper
-from ov2vss.checkpoint import CheckpointError
-from ov2vss.predictor import FrameSizeError, VideoPredictor, load_model_weights
+from ov2vss.checkpoint import load_model_weights
+from ov2vss.checkpoint_io import CheckpointError
+from ov2vss.data.io import FrameSizeError
+from ov2vss.predictor import VideoPredictor
 
 VOCAB = ["red circle", "blue star", "green square", "yellow cross"]
 NUM_FRAMES = 20

@@ -10,11 +10,12 @@ import shutil
 
 import pytest
 import torch
-from detectron2.engine import AMPTrainer, HookBase, default_argument_parser
+from detectron2.engine import HookBase, default_argument_parser
 
 from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.build import ResumableTrainLoader
-from ov2vss.engine import CPUAutocastTrainer, SetupError, Trainer, build_step_trainer, setup
+from ov2vss.engine import Trainer, build_step_trainer, setup
+from ov2vss.errors import SetupError
 from ov2vss.solver import build_lr_scheduler
 
 MAX_ITER, PERIOD, CRASH_AT = 5, 3, 4
@@ -237,7 +238,8 @@ def test_amp_on_cpu_trains_with_bfloat16_autocast(train, toy_root, tmp_path):
     probe = _DtypeProbe()
     amp = ("SOLVER.AMP.ENABLED", "True")
     trainer, losses = train(toy_root, str(tmp_path), max_iter=2, extra=amp, hooks=[probe])
-    assert isinstance(trainer._trainer, CPUAutocastTrainer)
+    assert trainer._trainer.autocast == ("cpu", torch.bfloat16)  # bf16, no gradient scaler
+    assert trainer._trainer.grad_scaler is None
     assert probe.dtypes == {torch.bfloat16}  # the forward ran under CPU autocast ...
     assert all(
         p.dtype == torch.float32 for p in trainer.model.parameters()
@@ -246,13 +248,15 @@ def test_amp_on_cpu_trains_with_bfloat16_autocast(train, toy_root, tmp_path):
 
 
 def test_amp_trainer_by_device():
-    """fp16 AMP (detectron2's AMPTrainer, CUDA) on GPU; a clear error where neither applies."""
+    """fp16 AMP with a gradient scaler on GPU; a clear error where neither applies."""
     cfg = get_ov2vss_cfg()
     cfg.SOLVER.AMP.ENABLED = True
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cfg.MODEL.DEVICE = "cuda"
-    assert type(build_step_trainer(cfg, model, [], opt)) is AMPTrainer
+    trainer = build_step_trainer(cfg, model, [], opt)
+    assert trainer.autocast == ("cuda", torch.float16)
+    assert isinstance(trainer.grad_scaler, torch.amp.GradScaler)
     cfg.MODEL.DEVICE = "meta"
     with pytest.raises(SetupError, match="supported on cuda and cpu, not MODEL.DEVICE=meta"):
         build_step_trainer(cfg, model, [], opt)

@@ -12,9 +12,11 @@ import torch
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 
-from ov2vss.checkpoint import CheckpointError, OV2VSSCheckpointer, atomic_torch_save
-from ov2vss.engine import SetupError, Trainer, setup
+from ov2vss.checkpoint import OV2VSSCheckpointer
+from ov2vss.checkpoint_io import CheckpointError, atomic_torch_save
+from ov2vss.engine import Trainer, setup
 from ov2vss.engine.setup import check_overrides, lock_output_dir
+from ov2vss.errors import SetupError
 
 SMALL = ("MODEL.CLIP.INPUT_SIZE", 32, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()")
 VOCAB = ("MODEL.OV2VSS.TEST_VOCABULARY", ["red circle", "blue star"])

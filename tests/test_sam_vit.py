@@ -338,7 +338,8 @@ def test_a_different_sam_size_is_refused_with_a_short_message(sam_vit_b_file):
 def test_model_weights_accepts_sams_file_through_the_checkpointer(sam_vit_b_file, tmp_path):
     """What train_net does with MODEL.WEIGHTS sam_vit_b_01ec64.pth: the encoder loads
     strictly, the rest of the model keeps its initialisation; evaluation refuses the file."""
-    from ov2vss.checkpoint import CheckpointError, OV2VSSCheckpointer
+    from ov2vss.checkpoint import OV2VSSCheckpointer
+    from ov2vss.checkpoint_io import CheckpointError
 
     sd = torch.load(sam_vit_b_file, map_location="cpu", weights_only=True)
     model = _Model(SAMViTBackbone(SAMImageEncoder()))

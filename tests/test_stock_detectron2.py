@@ -20,7 +20,7 @@ import ov2vss  # noqa: F401  (registers the datasets)
 from ov2vss.data.datasets.register_cityscapes_video import register_all_cityscapes_video
 from ov2vss.data.datasets.register_vspw import register_all_vspw
 from ov2vss.data.datasets.register_vspw_toy import register_toy
-from ov2vss.data.label_maps import prepare_vspw
+from ov2vss.data.prepare_vspw import prepare_vspw
 from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
 from ov2vss.evaluation import VideoSemSegEvaluator
 

@@ -30,7 +30,7 @@ from ov2vss.checkpoint import OV2VSSCheckpointer
 from ov2vss.data.datasets.register_cityscapes_video import register_cityscapes_video
 from ov2vss.data.datasets.register_vspw import register_vspw_family
 from ov2vss.data.datasets.register_vspw_toy import register_toy
-from ov2vss.data.label_maps import prepare_vspw
+from ov2vss.data.prepare_vspw import prepare_vspw
 from ov2vss.engine import Trainer
 
 TOY_SET = "vspw_toy_val_all"

@@ -12,17 +12,15 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import ov2vss  # noqa: F401  (registers the datasets)
-from ov2vss.data.datasets.register_vspw_toy import default_toy_root, register_toy
-from ov2vss.data.toy import (
+from ov2vss.data.datasets.register_vspw_toy import (
     TOY_CLASS_NAMES,
     TOY_COLORS,
-    TOY_MARKER,
     TOY_NUM_SEEN,
     TOY_SHAPES,
-    generate_toy_dataset,
-    main,
-    toy_class_color,
+    default_toy_root,
+    register_toy,
 )
+from ov2vss.data.toy import TOY_MARKER, generate_toy_dataset, main, toy_class_color
 from ov2vss.data.vspw_classes import parse_label_num_dic
 
 SMALL = dict(num_train_videos=2, num_val_videos=3, frames_per_video=(3, 4), image_size=(48, 64))

@@ -19,7 +19,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 import ov2vss  # noqa: F401  (registers datasets and the model)
 from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.datasets.register_cityscapes_video import register_cityscapes_video
-from ov2vss.engine import SetupError, check_dataset_files, check_eval_weights, setup
+from ov2vss.engine import check_dataset_files, check_eval_weights, setup
+from ov2vss.errors import SetupError
 
 TOY_TESTS = ("vspw_toy_val_unseen", "vspw_toy_val_seen", "vspw_toy_val_all")
 MAX_ITER = 3

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """GPU check of OV2VSS: training speed and memory with and without mixed precision, and
-evaluation throughput streaming vs window by window (README "Training at scale").
+evaluation throughput streaming vs window by window (docs/GETTING_STARTED.md, "The GPU check").
 
 On a CUDA machine (``bash tools/gpu_check.sh``): configs/vspw/ov2vss_R50.yaml (R-50 +
 ViT-B-16) with random weights (MODEL.WEIGHTS "", MODEL.CLIP.PRETRAINED ""), on VSPW-layout
@@ -55,7 +55,7 @@ def write_synthetic_vspw(root: str, videos: Dict[str, Tuple[str, int]], size: Tu
     import numpy as np
     from PIL import Image
 
-    from ov2vss.data.label_maps import prepare_vspw
+    from ov2vss.data.prepare_vspw import prepare_vspw
     from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
 
     names = get_vspw_class_names()

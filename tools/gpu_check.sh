@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of OV2VSS (README "Training at scale"): R-50 + ViT-B-16 training at crop 480,
+# GPU check of OV2VSS (docs/GETTING_STARTED.md, "The GPU check"): R-50 + ViT-B-16 training at crop 480,
 # batch 4, with and without SOLVER.AMP.ENABLED, and streaming vs window-by-window evaluation
 # of a 40-frame 480x853 video, on generated data with random weights; prints s/iter, peak GPU
 # memory and frames/s as a table.

@@ -6,19 +6,10 @@ that one prediction looks at; *CLIP* always means the CLIP model (``MODEL.CLIP``
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
-
-logger = logging.getLogger(__name__)
-
-# old key -> new key; the old names are still accepted (with a deprecation message)
-RENAMED_KEYS = {
-    "INPUT.CLIP.REFERENCE_OFFSETS": "INPUT.TEMPORAL.REFERENCE_OFFSETS",
-    "INPUT.CLIP.RANDOM_FRAME": "INPUT.TEMPORAL.RANDOM_FRAME",
-}
 
 
 def add_ov2vss_config(cfg: CN) -> None:
@@ -30,10 +21,6 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.INPUT.TEMPORAL.RANDOM_FRAME = True  # also load the distant "random" frame (RFE input)
     # training: probability of playing a window backwards, references t+k (official code: 0.5)
     cfg.INPUT.TEMPORAL.REVERSE_PROB = 0.0
-    # deprecated names of INPUT.TEMPORAL.* (None = not given); see RENAMED_KEYS
-    cfg.INPUT.CLIP = CN()
-    cfg.INPUT.CLIP.REFERENCE_OFFSETS = None
-    cfg.INPUT.CLIP.RANDOM_FRAME = None
     # paper IV-C: hide pixels of classes outside the training vocabulary in the input frames
     cfg.INPUT.MASK_UNSEEN_PIXELS = False
     cfg.INPUT.COLOR_AUG_SSD = False  # photometric augmentation (one draw per window)
@@ -85,7 +72,7 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.MODEL.OV2VSS.VTE.USE_FFN = True  # MHSA + FFN (on) or MHSA only (Table III)
     # dense CLIP features of "all" window frames or only the "target" frame
     cfg.MODEL.OV2VSS.VTE.CLIP_FRAMES = "all"
-    # class-agnostic prediction head (paper Eqs. 13-15; README "Design decisions")
+    # class-agnostic prediction head (paper Eqs. 13-15; docs/OFFICIAL_CODE.md, design decisions)
     cfg.MODEL.OV2VSS.HEAD = CN()
     cfg.MODEL.OV2VSS.HEAD.COST_DIM = 32  # C': per-class channels after Eq. 13's Linear
     cfg.MODEL.OV2VSS.HEAD.POS_DIM = 32  # channels of U^1 projected for Eq. 13
@@ -95,7 +82,8 @@ def add_ov2vss_config(cfg: CN) -> None:
     # vocabulary used at inference when no dataset metadata supplies one (demo / API)
     cfg.MODEL.OV2VSS.TEST_VOCABULARY = []
     # gamma >= 0 subtracted at inference from the log-probabilities of classes in the training
-    # vocabulary (calibrated stacking; README "The main job"); 0 = the paper's protocols
+    # vocabulary (calibrated stacking; docs/METRICS.md, "Seen-class calibration"); 0 = the
+    # paper's protocols
     cfg.MODEL.OV2VSS.SEEN_BIAS = 0.0
 
     # CLIP (open_clip)
@@ -141,7 +129,7 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9  # poly decay after warm-up
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
     # micro-batches of IMS_PER_BATCH per optimizer step; an iteration is one micro-batch
-    # (README "Differences from the official code"); official code: 4
+    # (docs/GETTING_STARTED.md, "Gradient accumulation"); official code: 4
     cfg.SOLVER.ACCUMULATE_STEPS = 1
     # biases and other 1-D parameters outside norm layers: None = WEIGHT_DECAY_NORM (default),
     # a number = their weight decay (official code: WEIGHT_DECAY)
@@ -154,51 +142,13 @@ def add_ov2vss_config(cfg: CN) -> None:
     cfg.TEST.STREAMING = True
 
 
-def apply_renamed_keys(cfg: CN) -> None:
-    """Move values given under a deprecated key name (:data:`RENAMED_KEYS`) to the new key."""
-    for old, new in RENAMED_KEYS.items():
-        *parents, leaf = old.split(".")
-        node = cfg
-        for p in parents:
-            node = node.get(p, None)
-            if node is None:
-                break
-        if node is None or node.get(leaf, None) is None:
-            continue
-        *new_parents, new_leaf = new.split(".")
-        target = cfg
-        for p in new_parents:
-            target = target[p]
-        logger.warning(
-            f"config key {old} is deprecated: use {new} (value {node[leaf]!r} moved there)"
-        )
-        target[new_leaf] = node[leaf]
-        node[leaf] = None
-
-
-def check_renamed_keys(cfg: CN) -> None:
-    """Refuse a config that still holds a value under a deprecated name (it would be ignored)."""
-    for old, new in RENAMED_KEYS.items():
-        node = cfg
-        for p in old.split("."):
-            node = node.get(p, None) if isinstance(node, CN) else None
-        if node is not None:
-            raise ValueError(
-                f"config key {old} is deprecated and was not moved to {new}: build the config "
-                "with ov2vss.config.get_ov2vss_cfg (which accepts the old name) or rename it"
-            )
-
-
 def get_ov2vss_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """detectron2's default config + every OV2VSS key, merged with a yaml file and overrides.
-
-    Deprecated key names are accepted and moved to their new names. The result is not frozen.
-    """
+    """detectron2's default config + every OV2VSS key, merged with a yaml file and overrides
+    (an unknown key is detectron2's error naming it). The result is not frozen."""
     cfg = get_cfg()
     add_ov2vss_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     if opts:
         cfg.merge_from_list(list(opts))
-    apply_renamed_keys(cfg)
     return cfg

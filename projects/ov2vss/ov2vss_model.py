@@ -4,31 +4,37 @@ Per frame a backbone gives multi-scale features U^1..U^L; STCF fuses the window 
 O_t (III-A), RFE enhances it with the distant frame (III-B), video text encoding refines the
 CLIP text embeddings with the window's dense CLIP features and builds the cost volume (III-C),
 and a class-count-agnostic head scores every (class, pixel) pair. Loss: Eq. 15,
-L = alpha * CE(main) + beta * CE(aux).
+L = alpha * CE(main) + beta * CE(aux). The parts are built from the config in modeling/build.py;
+logits become class probabilities (and are calibrated) in modeling/postprocess.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from .modeling.clip_adapter import CLIPAdapter, build_clip_adapter, template_mean
+from .modeling.build import build_components
+from .modeling.clip import CLIPAdapter, template_mean
 from .modeling.head import OpenVocabularyHead, TextAlignedAuxHead
-from .modeling.p2t_pooling import P2TPooling
+from .modeling.postprocess import (
+    calibrated_stacking,
+    check_seen_bias,
+    class_probabilities,
+    seen_class_mask,
+    upsample,
+)
 from .modeling.rfe import RandomFrameEnhancement
 from .modeling.stcf import SpatialTemporalContextFusion
 from .modeling.video_text_encoding import VideoTextEncoder, cosine_cost_volume
-from .vocabulary import dataset_vocabulary, validate_vocabulary, vocabulary_key
+from .vocabulary import validate_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +93,7 @@ class OV2VSS(nn.Module):
             seen_bias: gamma of calibrated stacking (MODEL.OV2VSS.SEEN_BIAS; :meth:`postprocess`).
         """
         super().__init__()
-        # registration order = creation order in from_config (keeps seeded initialisation)
+        # registration order = creation order in build_components (keeps seeded initialisation)
         self.backbone = backbone
         self.clip = clip
         self.in_features = list(in_features)
@@ -114,104 +120,7 @@ class OV2VSS(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        m = cfg.MODEL.OV2VSS
-        if m.VTE.CLIP_FRAMES not in ("all", "target"):
-            raise ValueError(
-                f"MODEL.OV2VSS.VTE.CLIP_FRAMES={m.VTE.CLIP_FRAMES!r}: 'all' or 'target'"
-            )
-        train_texts = dataset_vocabulary(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else []
-        if m.TEST_VOCABULARY:
-            test_texts = list(m.TEST_VOCABULARY)
-        elif cfg.DATASETS.TEST:
-            test_texts = dataset_vocabulary(cfg.DATASETS.TEST[0])
-        else:
-            test_texts = train_texts
-        # the sub-modules are created in this order (seeded initialisation depends on it)
-        backbone = build_backbone(cfg)
-        clip = build_clip_adapter(cfg)
-        in_features = list(m.IN_FEATURES)
-        shapes = backbone.output_shape()
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.OV2VSS.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})"
-            )
-        hidden = m.HIDDEN_DIM
-        lateral = nn.ModuleList(nn.Conv2d(shapes[f].channels, hidden, 1) for f in in_features)
-        # P2T pools feed only STCF and RFE; without both they would get no gradient (DDP fails)
-        use_pools = m.STCF.ENABLED or m.RFE.ENABLED
-        pools = nn.ModuleList(
-            P2TPooling(
-                hidden,
-                m.POOL_SIZES,
-                mode=m.POOL_MODE,
-                ratios=m.POOL_RATIOS,
-                stride=shapes[f].stride,
-                ratio_stride=m.POOL_RATIO_STRIDE,
-            )
-            for f in in_features
-            if use_pools
-        )
-        stcf = (
-            SpatialTemporalContextFusion(hidden, pools, m.STCF.FUSION, m.STCF.AGGREGATE)
-            if m.STCF.ENABLED
-            else None
-        )
-        rfe = (
-            RandomFrameEnhancement(
-                hidden, len(in_features), m.RFE.NUM_REGIONS, m.NUM_HEADS, m.RFE.REGION_HEAD
-            )
-            if m.RFE.ENABLED
-            else None
-        )
-        template_channels = clip.template_mode == "channels"
-        vte = (
-            VideoTextEncoder(
-                clip.embed_dim, m.NUM_HEADS, m.VTE.USE_FFN, m.CLASS_CHUNK, template_channels
-            )
-            if m.VTE.ENABLED
-            else None
-        )
-        head = OpenVocabularyHead(
-            temporal_dim=hidden,
-            cost_dim=m.HEAD.COST_DIM,
-            text_channels=clip.text_channels,
-            pos_in_channels=shapes[in_features[0]].channels,
-            pos_dim=m.HEAD.POS_DIM,
-            decoder_dim=m.HEAD.DECODER_DIM,
-            temperature_init=m.HEAD.TEMPERATURE_INIT,
-            class_chunk=m.CLASS_CHUNK,
-        )
-        aux_head = (
-            TextAlignedAuxHead(hidden, clip.embed_dim, m.HEAD.TEMPERATURE_INIT)
-            if m.AUX_LOSS_WEIGHT > 0
-            else None
-        )
-        return {
-            "backbone": backbone,
-            "clip": clip,
-            "in_features": in_features,
-            "lateral": lateral,
-            "pools": pools,
-            "stcf": stcf,
-            "rfe": rfe,
-            "vte": vte,
-            "head": head,
-            "aux_head": aux_head,
-            "class_chunk": m.CLASS_CHUNK,
-            "vte_all_frames": m.VTE.CLIP_FRAMES == "all",
-            "decoder_stride": m.HEAD.DECODER_STRIDE,
-            "main_loss_weight": m.MAIN_LOSS_WEIGHT,
-            "aux_loss_weight": m.AUX_LOSS_WEIGHT,
-            "ignore_value": m.IGNORE_VALUE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "input_format": cfg.INPUT.FORMAT,
-            "train_class_texts": train_texts,
-            "test_class_texts": test_texts,
-            "seen_bias": m.SEEN_BIAS,
-        }
+        return build_components(cfg)  # modeling/build.py
 
     @property
     def device(self) -> torch.device:
@@ -223,46 +132,23 @@ class OV2VSS(nn.Module):
         self.test_class_texts = validate_vocabulary(class_texts)
 
     # ------------------------------------------------------------------ calibration
+    # calibrated stacking of the seen classes (modeling/postprocess.py, docs/METRICS.md)
     def set_seen_bias(self, gamma: float) -> None:
-        """Set gamma of calibrated stacking (MODEL.OV2VSS.SEEN_BIAS; see :meth:`postprocess`):
-        a finite number >= 0, 0 = no calibration (the paper's protocols)."""
-        try:
-            value = float(gamma)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"MODEL.OV2VSS.SEEN_BIAS={gamma!r}: the seen bias must be a finite number >= 0 "
-                "(0 = no calibration; README, 'The main job')"
-            )
-        self.seen_bias = value
+        """Set gamma of calibrated stacking (MODEL.OV2VSS.SEEN_BIAS): a finite number >= 0,
+        0 = no calibration (the paper's protocols)."""
+        self.seen_bias = check_seen_bias(gamma)
 
     def seen_class_mask(self, class_texts: Sequence[str]) -> List[bool]:
-        """Which classes of ``class_texts`` are in the training vocabulary (names compared as
-        CLIP's tokenizer sees them: case and whitespace runs ignored)."""
-        train = {vocabulary_key(t) for t in self.train_class_texts}
-        return [vocabulary_key(t) in train for t in class_texts]
+        """Which classes of ``class_texts`` are in the training vocabulary."""
+        return seen_class_mask(class_texts, self.train_class_texts)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated stacking (Chao et al. 2016): ``log p_c - gamma * [c seen]``, renormalised.
-
-        The softmax of :meth:`postprocess` renormalises, and log p differs from the logits by
-        a per-pixel constant, so subtracting gamma from the seen classes' logits [B, N, h, w]
-        (N = the active vocabulary) is the same; bilinear upsampling commutes with a per-class
-        constant. Unchanged when gamma is 0 or no class of the vocabulary is seen.
-        """
+        """Logits [B, N, h, w] of the active vocabulary with gamma subtracted from the seen
+        classes (:func:`~ov2vss.modeling.postprocess.calibrated_stacking`)."""
         if self.seen_bias == 0:
             return logits
-        texts = self.active_class_texts
-        if logits.shape[1] != len(texts):
-            raise ValueError(
-                f"logits have {logits.shape[1]} classes but the vocabulary has {len(texts)}"
-            )
-        mask = self.seen_class_mask(texts)
-        if not any(mask):
-            return logits
-        bias = torch.tensor(mask, dtype=logits.dtype, device=logits.device) * self.seen_bias
-        return logits - bias.view(1, -1, 1, 1)
+        mask = self.seen_class_mask(self.active_class_texts)
+        return calibrated_stacking(logits, mask, self.seen_bias)
 
     @contextlib.contextmanager
     def vocabulary(self, class_texts: Sequence[str]) -> Iterator[None]:
@@ -310,7 +196,8 @@ class OV2VSS(nn.Module):
         )
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8/float frames [..., 3, H, W] in INPUT.FORMAT -> normalised float on the model's device."""
+        """uint8/float frames [..., 3, H, W] in INPUT.FORMAT -> normalised float on the model's
+        device."""
         return (frames.to(self.device).float() - self.pixel_mean) / self.pixel_std
 
     def preprocess_windows(
@@ -354,8 +241,8 @@ class OV2VSS(nn.Module):
     def temporal_context(
         self, window_scales: Sequence[Sequence[torch.Tensor]], first_pooled: Sequence[torch.Tensor]
     ) -> torch.Tensor:
-        """O_t [B, C, H_1, W_1] (III-A). window_scales[i][l]: projected scale l of the window's frame
-        at backbone position i (target last); first_pooled: f(U^l) of the first position."""
+        """O_t [B, C, H_1, W_1] (III-A). window_scales[i][l]: projected scale l of the window's
+        frame at backbone position i (target last); first_pooled: f(U^l) of the first position."""
         if self.stcf is None:
             # no temporal context: the target's own scales summed at U^1's size, so every
             # backbone stage and lateral conv still contributes (and trains)
@@ -380,7 +267,7 @@ class OV2VSS(nn.Module):
         padded_size: Tuple[int, int],
     ) -> torch.Tensor:
         """RFE, video text encoding, cost volume and head -> logits [B, N, h, w] at the decoder
-        stride (``padded_size // decoder_stride``; see :meth:`postprocess` / :meth:`upsample`).
+        stride (``padded_size // decoder_stride``; see :meth:`postprocess`).
 
         o_t: STCF output; regions: L_r of the random frame (None without RFE); dense: CLIP
         features of the dense positions [B, T', D, h, w] (target last); finest: the target's
@@ -399,10 +286,6 @@ class OV2VSS(nn.Module):
         dec_size = (padded_size[0] // self.decoder_stride, padded_size[1] // self.decoder_stride)
         return self.head(cost, finest, o_hat, dec_size)
 
-    @staticmethod
-    def upsample(logits: torch.Tensor, padded_size: Tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
-
     def postprocess(
         self,
         logits: torch.Tensor,
@@ -410,33 +293,11 @@ class OV2VSS(nn.Module):
         image_sizes: Sequence[Tuple[int, int]],
         output_sizes: Sequence[Tuple[int, int]],
     ) -> List[Dict[str, torch.Tensor]]:
-        """Decoder logits -> class probabilities upsampled to the padded size, cropped to each
-        unpadded size and resized to the output size.
-
-        Large vocabularies go through in chunks of classes (two passes: the softmax
-        normaliser, then the probabilities), so the peak is the [N, H, W] output itself.
-        With MODEL.OV2VSS.SEEN_BIAS > 0 the seen classes are calibrated first (:meth:`calibrate`).
-        """
+        """Decoder logits -> ``[{"sem_seg": [N, H, W]}]`` class probabilities at each output
+        size; with MODEL.OV2VSS.SEEN_BIAS > 0 the seen classes are calibrated first
+        (:meth:`calibrate`; :func:`~ov2vss.modeling.postprocess.class_probabilities`)."""
         logits = self.calibrate(logits)
-        results = []
-        for lg, size, (h, w) in zip(logits, image_sizes, output_sizes):
-            lg = lg.unsqueeze(0)
-            if lg.shape[1] <= self.class_chunk:
-                probs = self.upsample(lg, padded_size).softmax(dim=1)[0]
-                results.append({"sem_seg": sem_seg_postprocess(probs, size, h, w)})
-                continue
-            chunks = lg.split(self.class_chunk, dim=1)
-            lse = torch.logsumexp(
-                torch.stack([self.upsample(c, padded_size).logsumexp(dim=1) for c in chunks]), dim=0
-            )  # [1, Hp, Wp]
-            out = torch.empty((lg.shape[1], h, w), dtype=lg.dtype, device=lg.device)
-            start = 0
-            for c in chunks:
-                probs = (self.upsample(c, padded_size) - lse.unsqueeze(1)).exp_()[0]
-                out[start : start + c.shape[1]] = sem_seg_postprocess(probs, size, h, w)
-                start += c.shape[1]
-            results.append({"sem_seg": out})
-        return results
+        return class_probabilities(logits, padded_size, image_sizes, output_sizes, self.class_chunk)
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict] | Dict[str, torch.Tensor]:
         class_texts = self.active_class_texts
@@ -444,7 +305,7 @@ class OV2VSS(nn.Module):
         bsz, num_frames = x.shape[0], batched_inputs[0]["frames"].shape[0]
         padded_size = tuple(x.shape[-2:])
 
-        # which frames need the backbone: the window (STCF on) or just the target, and the random one
+        # frames for the backbone: the window (STCF on) or just the target, plus the random one
         window_ids = self.backbone_positions(num_frames)
         frame_ids = window_ids + ([num_frames] if self.rfe is not None else [])
         scales, finest = self.frame_features(x[:, frame_ids].flatten(0, 1))
@@ -477,16 +338,14 @@ class OV2VSS(nn.Module):
         logits = self.decode(o_t, regions, dense, finest[:, len(window_ids) - 1], text, padded_size)
 
         if self.training:
-            logits = self.upsample(logits, padded_size)
+            logits = upsample(logits, padded_size)
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
             targets = ImageList.from_tensors(
                 targets, self.size_divisibility, pad_value=self.ignore_value
             ).tensor
             losses = {"loss_main": self.main_loss_weight * self._ce(logits, targets)}
             if aux_logits is not None:
-                aux = F.interpolate(
-                    aux_logits, size=padded_size, mode="bilinear", align_corners=False
-                )
+                aux = upsample(aux_logits, padded_size)
                 losses["loss_aux"] = self.aux_loss_weight * self._ce(aux, targets)
             return losses
 
@@ -501,7 +360,8 @@ class OV2VSS(nn.Module):
         valid = targets != self.ignore_value
         if valid.any() and int(targets[valid].max()) >= num_classes:
             raise ValueError(
-                f"label {int(targets[valid].max())} outside the training vocabulary of {num_classes} classes"
+                f"label {int(targets[valid].max())} outside the training vocabulary of "
+                f"{num_classes} classes"
             )
         if not valid.any():  # keep the graph (DDP) while contributing nothing
             return logits.sum() * 0.0

@@ -14,24 +14,16 @@ cache keyed by frame index, so every frame goes through the backbone and CLIP ex
   head) runs per output frame.
 
 Entries are dropped as soon as no later window can use them (the window indices only grow
-with the target), so the cache holds about ``max(REFERENCE_OFFSETS)`` frames.
+with the target), so the cache holds about ``max(REFERENCE_OFFSETS)`` frames. Windows and
+random frames follow the inference mapper's rules (:mod:`ov2vss.data.frame_sampling`), and
+frames are resized by its inference augmentation.
 
-Windows and random frames follow the inference mapper's rules
-(:mod:`ov2vss.data.frame_sampling`), and frames are resized by its inference augmentation.
-
-**Video of known length** (a list of frames, or ``num_frames`` + ``last_frame``): the random
-frame of target ``t`` is the one farthest in time, frame 0 or the last frame (ties -> 0), as
-the inference mapper picks it; the last frame is encoded up front and its features are kept
-until it is reached. The output equals window-by-window inference to float tolerance.
-
-**Some frames of a video** (:meth:`VideoPredictor.predict_targets`, used by streaming
-evaluation, :mod:`ov2vss.evaluation.streaming`): only the frames the targets' windows and random
-frames need are read and encoded, each once (a Cityscapes snippet: 5 of its 30 frames).
-
-**Live stream** (``num_frames=None``): the future is unknown, so the random frame is the
-farthest frame *seen so far*, which is always frame 0. Frames in the first half of the video
-therefore get a different random frame than window-by-window inference of the finished video
-would give them (the last frame); everything else is the same.
+A video of known length (a list of frames, or ``num_frames`` + ``last_frame``) gets what
+window-by-window inference gives, to float tolerance: its last frame, the random frame of its
+first half, is encoded up front. :meth:`VideoPredictor.predict_targets` reads and encodes only
+the frames some targets need, each once (streaming evaluation,
+:mod:`ov2vss.evaluation.streaming`). A live stream (``num_frames=None``) cannot know its last
+frame, so frame 0 is the random frame throughout and the first half differs (docs/DEMO.md).
 """
 
 from __future__ import annotations
@@ -50,10 +42,10 @@ from torch import nn
 from .checkpoint import load_model_weights
 from .data.augmentation import build_augmentation
 from .data.frame_sampling import inference_random_frames, select_random_frame, window_indices
-from .data.io import FrameSizeError, check_same_size
+from .data.io import check_same_size
 from .seeding import seeded_rng
 
-__all__ = ["VideoPredictor", "FrameSizeError", "load_model_weights"]
+__all__ = ["VideoPredictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +62,7 @@ class _FrameEntry:
     padded: Tuple[int, int] = (0, 0)  # after padding to the model's size divisibility
 
     def empty(self) -> bool:
-        return (
-            self.scales is None
-            and self.pooled is None
-            and self.dense is None
-            and self.finest is None
-        )
+        return all(f is None for f in (self.scales, self.pooled, self.dense, self.finest))
 
 
 def _stack_frames(frames: List[torch.Tensor]) -> torch.Tensor:
@@ -359,11 +346,9 @@ class VideoPredictor:
         """Predict some frames of a video of known length (a generator, targets in order).
 
         Reads (``read_frame(index)`` -> HxWx3 uint8 array) and encodes only the frames the
-        targets' windows and random frames need (:meth:`frames_needed`), each once, so a
-        sparsely annotated video (a Cityscapes snippet: one target, 5 of its 30 frames) costs
-        what its windows need. With every frame a target this is :meth:`run` on the whole
-        video. Yields ``(target, {"sem_seg": [N, H, W] probabilities})``; the results equal
-        window-by-window inference of each target.
+        targets' windows and random frames need (:meth:`frames_needed`), each once. Yields
+        ``(target, {"sem_seg": [N, H, W] probabilities})``, equal to window-by-window
+        inference of each target (with every frame a target: :meth:`run`).
         """
         targets = sorted({int(t) for t in targets})
         if targets and not 0 <= targets[0] <= targets[-1] < num_frames:

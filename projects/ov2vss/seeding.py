@@ -1,6 +1,6 @@
 """Seeds that make training repeatable and resumable: every random draw is a function of
 ``(seed, sample position)`` (data) or ``(seed, rank, iteration)`` (training step), so no RNG
-state has to be stored in checkpoints (README "Training at scale", Resume)."""
+state has to be stored in checkpoints (docs/GETTING_STARTED.md, "Resume")."""
 
 from __future__ import annotations
 

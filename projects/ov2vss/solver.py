@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of OV2VSS (paper IV-B; README "Training at scale").
+"""Optimizer and learning-rate schedule of OV2VSS (paper IV-B; docs/MODEL_ZOO.md, "Schedules").
 
 AdamW (or SGD) with per-module learning-rate multipliers — backbone, CLIP, and the new
 modules (x10 in the official code) — detectron2's gradient clipping, and a linear warm-up
@@ -45,8 +45,7 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
     parameters (learnable temperatures) get ``SOLVER.WEIGHT_DECAY_BIAS``, or WEIGHT_DECAY_NORM
     when it is None (the default); every other parameter gets ``SOLVER.WEIGHT_DECAY``.
     The official code (local_configs/vit/vitb/vitb.py lines 68-72) decays biases and excludes
-    parameters whose *name* contains "norm" outside the head — see README "Differences from the
-    official code".
+    parameters whose *name* contains "norm" outside the head — see docs/OFFICIAL_CODE.md.
     """
     base_lr = cfg.SOLVER.BASE_LR
     multipliers = {

@@ -3,9 +3,10 @@
 With real CLIP weights, the cosine cost volume of CLIP's dense image features against the
 class texts (paper Eq. 12 without the video text encoding) is already a segmentation, as in
 MaskCLIP, SCLIP and ClearCLIP — provided the dense features keep their locality. They come
-from the value path of the last image block ("vv", :func:`ov2vss.modeling.clip_adapter.value_path_block`),
-whatever ``MODEL.CLIP.DENSE_MODE`` says: CLIP's own query-key attention in the last block
-mixes every patch with the whole image and gives no usable per-pixel labels.
+from the value path of the last image block ("vv",
+:func:`ov2vss.modeling.clip.dense.value_path_block`), whatever ``MODEL.CLIP.DENSE_MODE`` says:
+CLIP's own query-key attention in the last block mixes every patch with the whole image and
+gives no usable per-pixel labels.
 
 Each pixel takes the class whose text embedding (prompt ensemble of
 ``MODEL.CLIP.PROMPT_TEMPLATES``) best matches its dense feature; the cost volume is computed at
@@ -14,7 +15,7 @@ frame. Optionally the cost volumes of the last ``k`` frames are averaged (``temp
 1 = every frame on its own), which steadies labels that flicker between frames — at the
 price of trailing behind moving objects by up to ``k - 1`` frames.
 
-What it cannot do (README, "Segment your own video"): it is as coarse as CLIP's patch grid
+What it cannot do (docs/DEMO.md, training-free mode): it is as coarse as CLIP's patch grid
 (16 px patches at the input size), it has no notion of the video beyond that averaging, and
 it is only as good as CLIP's zero-shot patch matching. With randomly initialised CLIP
 (``MODEL.CLIP.PRETRAINED ""``) the labels are noise, so that is refused unless asked for
@@ -34,7 +35,7 @@ from detectron2.config import CfgNode
 from torch import nn
 
 from .data.io import check_same_size
-from .modeling.clip_adapter import CLIPAdapter, build_clip_adapter
+from .modeling.clip import CLIPAdapter, build_clip_adapter, patch_grid
 from .modeling.video_text_encoding import cosine_cost_volume
 from .seeding import seeded_rng
 from .vocabulary import validate_vocabulary
@@ -130,8 +131,8 @@ class TrainingFreeSegmenter(nn.Module):
         image = image.to(self.device, torch.float32)[None]
         h, w = image.shape[-2:]
         ps = self.clip.patch_size
-        scale = self.clip.input_size / min(h, w)  # as CLIPAdapter.dense_features sizes its grid
-        size = (max(1, round(h * scale / ps)) * ps, max(1, round(w * scale / ps)) * ps)
+        gh, gw = patch_grid(h, w, self.clip.input_size, ps)  # the grid dense_features uses
+        size = (gh * ps, gw * ps)
         if size != (h, w):
             image = F.interpolate(image, size=size, mode="bilinear", antialias=True)
         dense = self.clip.dense_features(image)  # [1, D, h', w'], no further resize

@@ -5,10 +5,9 @@ transforms are replayed on every other frame of the window, so the frames stay a
 Training (paper IV-B): resize the short side (``INPUT.MIN_SIZE_TRAIN``), random crop
 (``INPUT.CROP``), horizontal flip and, with ``INPUT.COLOR_AUG_SSD``, one photometric draw
 per window. With ``INPUT.COLOR_AUG_PER_FRAME`` the photometric draw is made for every frame of
-the window (and the random frame) on its own instead, as the official code's
-``PhotoMetricDistortion_clips`` does (mmseg/datasets/pipelines/transforms.py lines 2106-2141:
-a loop over the clip's frames with fresh draws each); the video mapper applies it after the
-geometric transforms (:func:`build_frame_color_augmentation`). Inference: resize the short side
+the window (and the random frame) on its own instead, as the official code does
+(docs/OFFICIAL_CODE.md); the video mapper applies it after the geometric transforms
+(:func:`build_frame_color_augmentation`). Inference: resize the short side
 to ``INPUT.MIN_SIZE_TEST`` (0 disables it, the detectron2 convention); the inference mapper and
 the streaming predictor both use it.
 """

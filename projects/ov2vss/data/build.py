@@ -1,6 +1,6 @@
 """The resumable training data stream of OV2VSS: batches that are a pure function of
 ``(seed, global sample position)``, so a run restarted with ``--resume`` sees exactly the data
-of an uninterrupted one (README "Training at scale")."""
+of an uninterrupted one (docs/GETTING_STARTED.md, "Training at scale")."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..seeding import DATA_STREAM, derive_seed, seeded_rng
+
+__all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
 
 
 def _as_batch(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -57,9 +59,8 @@ class _SeededBatchStream(IterableDataset):
         if not self.shuffle:
             return offset
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(
-                n
-            )
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            self._epoch = epoch
         return int(self._order[offset])
 
     def sample(self, position: int) -> Dict[str, Any]:
@@ -69,9 +70,8 @@ class _SeededBatchStream(IterableDataset):
                 out = self.mapper(self.dataset[idx])
             if out is not None:
                 return out
-            idx = (idx + 1) % len(
-                self.dataset
-            )  # the mapper skipped it: the next record, deterministically
+            # the mapper skipped it: the next record, deterministically
+            idx = (idx + 1) % len(self.dataset)
         raise RuntimeError("the training mapper returned None for every record of the dataset")
 
     def __iter__(self) -> Iterator[List[Dict[str, Any]]]:

@@ -8,7 +8,7 @@ classes (datasets/README.md, "Toy dataset"). Raw mask ids: 0 = background ("othe
 as in VSPW), 1..28 = seen classes, 29..36 = unseen classes, so the generic VSPW registration
 (seen = the first ``TOY_NUM_SEEN`` raw ids) applies unchanged. The label maps of every
 protocol (``annotations_detectron2/<space>/``) are written by the same code as
-datasets/prepare_vspw.py (:func:`ov2vss.data.label_maps.prepare_vspw`).
+datasets/prepare_vspw.py (:func:`ov2vss.data.prepare_vspw.prepare_vspw`).
 
 Generate with ``python -m ov2vss.data.toy --root datasets/VSPW_toy`` (a few seconds) or
 :func:`generate_toy_dataset`. Frames and masks are drawn from the same per-object pixel
@@ -26,11 +26,10 @@ import numpy as np
 # The class design lives with the registration (which must not import this module: running
 # `python -m ov2vss.data.toy` would otherwise execute it twice).
 from .datasets.register_vspw_toy import TOY_CLASS_NAMES, TOY_COLORS, TOY_NUM_SEEN, TOY_SHAPES
-from .label_maps import LABEL_MAP_DIR, prepare_vspw
+from .label_maps import LABEL_MAP_DIR
+from .prepare_vspw import prepare_vspw
 
-# the class constants are re-exported: the toy data is used through this module
-__all__ = ["TOY_CLASS_NAMES", "TOY_NUM_SEEN", "TOY_COLORS", "TOY_SHAPES", "TOY_MARKER"]
-__all__ += ["toy_class_color", "draw_shape_mask", "generate_toy_dataset", "main"]
+__all__ = ["TOY_MARKER", "toy_class_color", "draw_shape_mask", "generate_toy_dataset", "main"]
 
 TOY_MARKER = ".ov2vss_toy_complete.json"  # written last; holds the generation parameters
 _FORMAT_VERSION = 3  # 3: label maps under annotations_detectron2/
@@ -130,9 +129,8 @@ def _video_objects(
         )
         track = []
         for t in range(num_frames):
-            radius = r0 * (
-                1.0 + 0.15 * np.sin(2 * np.pi * t / period + phase)
-            )  # slight scale change
+            # slight scale change
+            radius = r0 * (1.0 + 0.15 * np.sin(2 * np.pi * t / period + phase))
             track.append((tuple(pos), radius))
             pos = pos + vel
             for d, size in ((0, width), (1, height)):  # bounce off the borders
@@ -205,9 +203,8 @@ def _assign_classes(
             count = max(int(rng.integers(lo, hi + 1)), len(fixed_unseen) + 1)
         chosen = []
         for _ in range(count - len(fixed_unseen)):
-            chosen.append(
-                seen_cycle[next_seen % len(seen_cycle)]
-            )  # consecutive entries are distinct
+            # consecutive entries are distinct
+            chosen.append(seen_cycle[next_seen % len(seen_cycle)])
             next_seen += 1
         # unseen objects go last (on top) so occlusion never hides them completely
         videos.append(chosen + fixed_unseen)
@@ -242,8 +239,7 @@ def _check_params(p: dict) -> None:
         if n and n * (ohi - 1) < unseen:
             raise ValueError(
                 f"{n} {split} videos with at most {ohi} objects cannot show all {unseen} unseen "
-                "classes "
-                f"next to a seen one; use more videos or a larger objects_per_video"
+                "classes next to a seen one; use more videos or a larger objects_per_video"
             )
     if not 0.0 <= p["unseen_in_train_prob"] <= 1.0:
         raise ValueError(f"unseen_in_train_prob={p['unseen_in_train_prob']} must lie in [0, 1]")

@@ -7,16 +7,11 @@ random frame enhancement (paper III-B); :mod:`ov2vss.data.frame_sampling` has th
 
 One geometric augmentation (resize, crop, flip) and one photometric draw are computed on
 the target frame and its label and applied to every frame, so the window stays aligned
-(:mod:`ov2vss.data.augmentation`); ``INPUT.COLOR_AUG_PER_FRAME`` draws the photometric change
-per frame instead (official code).
-
-``INPUT.TEMPORAL.REVERSE_PROB`` (training): with that probability the window is taken from the
-video played backwards, as the official code's ``flip_video`` does (mmseg/datasets/custom.py
-lines 3741-3752: the video's frame list is reversed before the window t-9, t-6, t-3, t is cut
-from it). In the original time order the references are then t+9, t+6, t+3 (clamped to the last
-frame), still ordered as the window is read — farthest reference first, target last: frames
-``[t+9, t+6, t+3, t]``. The random frame is drawn outside that window as usual. One extra
-``np.random.rand()`` per window, drawn only when the probability is > 0.
+(:mod:`ov2vss.data.augmentation`). Two switches follow the official code
+(docs/OFFICIAL_CODE.md): ``INPUT.COLOR_AUG_PER_FRAME`` draws the photometric change per frame,
+and ``INPUT.TEMPORAL.REVERSE_PROB`` (training) takes the window from the video played
+backwards, frames ``[t+9, t+6, t+3, t]`` (one extra ``np.random.rand()`` per window, drawn only
+when the probability is > 0).
 """
 
 import logging
@@ -29,7 +24,6 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
-from ..config import check_renamed_keys
 from .augmentation import build_augmentation, build_frame_color_augmentation
 from .frame_sampling import select_random_frame, window_indices
 from .io import check_same_size, read_frame, read_mask, relabel
@@ -141,7 +135,6 @@ class VideoSemSegDatasetMapper:
     def from_config(
         cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None
     ) -> Dict[str, Any]:
-        check_renamed_keys(cfg)
         if dataset_name is None:
             names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
             if len(names) == 0:

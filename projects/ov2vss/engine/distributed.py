@@ -11,7 +11,7 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import SetupError
+from ..errors import SetupError
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

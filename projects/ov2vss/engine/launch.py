@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from .errors import SetupError
+from ..errors import SetupError
 
 
 def _run_reporting_setup_errors(main_func: Callable, *args: Any) -> Any:

@@ -16,9 +16,10 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import remove_stale_temp_files, require_weights_file
+from ..checkpoint_io import require_weights_file
 from ..config import get_ov2vss_cfg
-from .errors import SetupError
+from ..errors import SetupError
+from ..fileio import remove_stale_temp_files
 
 
 def setup(args: argparse.Namespace) -> CfgNode:

@@ -1,10 +1,10 @@
 """The OV2VSS trainer: detectron2's ``DefaultTrainer`` made ready for video and for scale.
 
 DDP on CPU (gloo) as well as GPU, ``SOLVER.AMP`` on GPU (fp16) and CPU (bf16 autocast),
-atomic, safely loaded checkpoints, and runs that resume exactly: the data stream and every
-random draw are functions of ``(seed, sample position)`` / ``(seed, rank, iteration)``, so a
-run restarted with ``--resume`` ends with the same weights as an uninterrupted one (README
-"Training at scale").
+gradient accumulation, atomic, safely loaded checkpoints, and runs that resume exactly: the
+data stream and every random draw are functions of ``(seed, sample position)`` /
+``(seed, rank, iteration)``, so a run restarted with ``--resume`` ends with the same weights as
+an uninterrupted one (docs/GETTING_STARTED.md, "Resume").
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from ..checkpoint import OV2VSSCheckpointer
 from ..data.build import ResumableTrainLoader, build_resumable_train_loader
 from ..data.video_mapper import VideoSemSegDatasetMapper
 from ..evaluation import VideoSemSegEvaluator
+from ..evaluation.report import write_evaluation_reports
 from ..evaluation.streaming import inference_on_videos, with_progress
 from ..seeding import MODEL_INIT, TRAIN_STEP, derive_seed, seed_all, seeded_rng
 from ..solver import build_lr_scheduler, build_optimizer
 from ..vocabulary import dataset_vocabulary
-from .amp import GradientAccumulationTrainer, build_step_trainer
 from .distributed import create_ddp_model, sync_model_buffers, unwrap_model
+from .train_step import build_step_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class Trainer(DefaultTrainer):
     Differences: the video window mapper and the resumable data stream
     (:class:`ResumableTrainLoader`, its position checkpointed), the video evaluator with one
     vocabulary per test dataset, OV2VSS's optimizer and schedule, a CPU-capable DDP wrapper
-    (:func:`create_ddp_model`), mixed precision on CPU (:func:`build_step_trainer`),
+    (:func:`create_ddp_model`), mixed precision on CPU and gradient accumulation
+    (:func:`build_step_trainer`),
     :class:`OV2VSSCheckpointer` and per-step seeding.
     """
 
@@ -103,10 +105,9 @@ class Trainer(DefaultTrainer):
     def run_step(self) -> None:
         """One iteration = one micro-batch of IMS_PER_BATCH windows; with
         SOLVER.ACCUMULATE_STEPS > 1 the optimizer steps after the last micro-batch of each
-        group (:class:`~.amp.GradientAccumulationTrainer`, which keeps partial gradients in
+        group (:class:`~.train_step.StepTrainer`, which keeps partial gradients in
         checkpoints, so resuming mid-group stays exact)."""
-        if isinstance(self._trainer, GradientAccumulationTrainer):
-            self._trainer.max_iter = self.max_iter  # the last group ends at MAX_ITER
+        self._trainer.max_iter = self.max_iter  # the last group ends at MAX_ITER
         super().run_step()
         self._samples_seen += self.cfg.SOLVER.IMS_PER_BATCH
 
@@ -171,8 +172,9 @@ class Trainer(DefaultTrainer):
         evaluators: Optional[Sequence[DatasetEvaluator]] = None,
     ):
         """Evaluate every DATASETS.TEST entry, each with its own vocabulary (open vocabulary):
-        video by video with every frame encoded once (TEST.STREAMING, README "Metrics"), or
-        window by window through :meth:`build_test_loader`."""
+        video by video with every frame encoded once (TEST.STREAMING, docs/METRICS.md), or
+        window by window through :meth:`build_test_loader`. ``report.png`` is drawn beside
+        every ``metrics.json`` written (:func:`write_evaluation_reports`)."""
         sync_model_buffers(model)  # every process evaluates rank 0's BN statistics
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
@@ -184,9 +186,10 @@ class Trainer(DefaultTrainer):
                     results[name] = inference_on_videos(model, cfg, name, evaluator)
                 else:
                     loader = cls.build_test_loader(cfg, name)
-                    evaluator = with_progress(evaluator, name, len(loader))
-                    results[name] = inference_on_dataset(model, loader, evaluator)
+                    counted = with_progress(evaluator, name, len(loader))
+                    results[name] = inference_on_dataset(model, loader, counted)
             if comm.is_main_process():
+                write_evaluation_reports(evaluator)
                 logger.info(f"Evaluation results for {name} in csv format:")
                 print_csv_format(results[name])
         return results[next(iter(results))] if len(results) == 1 else results

@@ -7,16 +7,33 @@ evaluator ran the seen-bias sweep (:mod:`ov2vss.evaluation.seen_bias`): the seen
 curve with its AUSUC, and mIoU-seen / mIoU-unseen / hIoU against the seen bias gamma.
 
 Drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global backend
-change), so it works on headless machines whatever ``MPLBACKEND`` says.
+change), so it works on headless machines whatever ``MPLBACKEND`` says. The evaluator only
+writes ``metrics.json``; whoever runs it draws the report (:func:`write_evaluation_reports`,
+as ``Trainer.test`` does).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple
+import os
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["write_report", "figure_size", "compose_strip", "DPI", "SEEN_COLOR", "UNSEEN_COLOR"]
+if TYPE_CHECKING:  # numpy is imported where it is used
+    import numpy as np
+
+__all__ = [
+    "write_report",
+    "write_evaluation_reports",
+    "figure_size",
+    "compose_strip",
+    "DPI",
+    "SEEN_COLOR",
+    "UNSEEN_COLOR",
+]
+
+logger = logging.getLogger(__name__)
 
 SEEN_COLOR = "#1f77b4"  # blue
 UNSEEN_COLOR = "#ff7f0e"  # orange
@@ -145,6 +162,43 @@ def write_report(
     with PathManager.open(path, "wb") as f:
         f.write(buffer.getvalue())
     return path
+
+
+def write_evaluation_reports(evaluator: Any) -> List[str]:
+    """``report.png`` beside the ``metrics.json`` that ``evaluator`` (a
+    :class:`~ov2vss.evaluation.VideoSemSegEvaluator`, or a list or detectron2's
+    ``DatasetEvaluators`` of evaluators) wrote in its last ``evaluate()``; evaluators that
+    wrote none are skipped.
+    A picture that cannot be drawn is a warning: the metrics are written already.
+
+    Returns:
+        the paths written.
+    """
+    written = []
+    if isinstance(evaluator, (list, tuple)):
+        evaluators = list(evaluator)
+    else:  # DatasetEvaluators keeps its evaluators in a private list
+        evaluators = getattr(evaluator, "_evaluators", None) or [evaluator]
+    for ev in evaluators:
+        metrics_file = getattr(ev, "metrics_file", None)
+        if not metrics_file:
+            continue
+        path = os.path.join(os.path.dirname(metrics_file), "report.png")
+        try:
+            write_report(
+                path,
+                ev.results,
+                ev.class_names,
+                ev.seen_classes,
+                ev.unseen_classes,
+                ev.sweep_results,
+                ev.dataset_name,
+            )
+        except Exception as e:  # noqa: BLE001  (matplotlib / file errors: the report only)
+            logger.warning(f"could not write the PNG report {path}: {e!r}")
+            continue
+        written.append(path)
+    return written
 
 
 def _draw_sweep(fig, sweep: Mapping[str, Any], left: float, width: float, height: float, top):

@@ -3,8 +3,8 @@
 Calibrated stacking (Chao et al., "An empirical study and analysis of generalized zero-shot
 learning for object recognition in the wild", ECCV 2016; SPNet's calibration for zero-shot
 segmentation) labels a pixel with ``argmax_c (log p_c - gamma * [c is seen])``: gamma > 0
-moves pixels from seen to unseen classes, gamma < 0 the other way. README "The main job"
-explains how to read the curve; ``MODEL.OV2VSS.SEEN_BIAS`` applies one gamma at inference.
+moves pixels from seen to unseen classes, gamma < 0 the other way. docs/METRICS.md explains
+how to read the curve; ``MODEL.OV2VSS.SEEN_BIAS`` applies one gamma at inference.
 
 :class:`SeenBiasSweep` accumulates, from the probabilities the evaluator already receives,
 the confusion matrix of every gamma of a grid — without a second forward pass and without
@@ -46,23 +46,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_SEEN_BIAS_GRID", "SeenBiasSweep", "group_mious", "ausuc", "json_safe"]
+from .metrics import harmonic_mean, mean
+
+__all__ = ["DEFAULT_SEEN_BIAS_GRID", "SeenBiasSweep", "group_mious", "ausuc"]
 
 # gamma = -20, -19.5, ..., 20 (module docstring: why it reaches the plateau)
 DEFAULT_SEEN_BIAS_GRID: Tuple[float, ...] = tuple(float(x) / 2 for x in range(-40, 41))
 
 # pixels buffered before one bincount (bounds the buffer to ~64 MB of indices)
 _FLUSH_PIXELS = 4_000_000
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(np.mean(values)) if values.size else math.nan
-
-
-def _harmonic(s: float, u: float) -> float:
-    if math.isnan(s) or math.isnan(u):
-        return math.nan
-    return 2 * s * u / (s + u) if s + u > 0 else 0.0
 
 
 def group_mious(
@@ -76,9 +68,9 @@ def group_mious(
     present = pos_gt > 0
     iou = np.full(conf.shape[0], np.nan)
     iou[present] = tp[present] / (pos_gt + pos_pred - tp)[present]
-    s = 100 * _mean(iou[list(seen)][present[list(seen)]])
-    u = 100 * _mean(iou[list(unseen)][present[list(unseen)]])
-    return s, u, _harmonic(s, u)
+    s = 100 * mean(iou[list(seen)][present[list(seen)]])
+    u = 100 * mean(iou[list(unseen)][present[list(unseen)]])
+    return s, u, harmonic_mean(s, u)
 
 
 def ausuc(points: Sequence[Tuple[float, float]]) -> float:
@@ -303,15 +295,3 @@ class SeenBiasSweep:
             "hIoU-best": best["hIoU"] if best else math.nan,
             "seen-bias-best": best["bias"] if best else math.nan,
         }
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (nested in dicts / lists) replaced by None, for
-    strict JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -1,4 +1,4 @@
-"""Streaming evaluation: every video in frame order, every frame encoded once (README "Metrics").
+"""Streaming evaluation: every video in frame order, every frame encoded once (docs/METRICS.md).
 
 Window-by-window evaluation (detectron2's ``inference_on_dataset`` over the inference video
 mapper) builds one window per annotated frame and runs the backbone on its 5 frames (t-9, t-6,
@@ -18,7 +18,8 @@ window-by-window inference up to float rounding.
 The evaluator receives each frame's record fields (``file_name``, ``sem_seg_file_name``,
 ``raw_sem_seg_file_name``, ``video_id``, ``frame_index``, ``height``, ``width``) and its
 prediction, one frame at a time, each video in frame order, so
-:class:`~ov2vss.evaluation.VideoSemSegEvaluator` takes its in-order video-consistency path.
+:class:`~ov2vss.evaluation.VideoSemSegEvaluator` scores video consistency as the frames come
+(:mod:`.video_consistency`), holding at most ``max(TEST.VC_WINDOWS)`` frames.
 Under DDP whole videos are split across processes (balanced by annotated frames,
 deterministically); the evaluator gathers as with the test loader.
 
@@ -46,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.io import check_same_size, read_frame
 from ..predictor import VideoPredictor
-from .video_sem_seg_evaluation import VideoKey, video_key
+from .video_consistency import VideoKey, video_key
 
 __all__ = [
     "EvalProgress",

@@ -6,7 +6,7 @@ from .backbone import (
     build_clip_vit_backbone,
     build_sam_vit_backbone,
 )
-from .clip_adapter import CLIPAdapter, build_clip_adapter
+from .clip import CLIPAdapter, build_clip_adapter
 from .head import OpenVocabularyHead, TextAlignedAuxHead
 from .p2t_pooling import P2TPooling
 from .rfe import RandomFrameEnhancement

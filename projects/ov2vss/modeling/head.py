@@ -1,4 +1,4 @@
-"""Class-count-agnostic prediction head (paper Eqs. 12-15; README "Design decisions").
+"""Class-count-agnostic prediction head (paper Eqs. 12-15; design choices: docs/OFFICIAL_CODE.md).
 
 Every (class, pixel) pair is scored from that class's cost-volume slice joined with the pixel
 features, so the same weights serve any vocabulary size:
@@ -132,5 +132,5 @@ class TextAlignedAuxHead(nn.Module):
 
     def forward(self, o_t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """o_t [B, C, H, W], text [N, D] or [B, N, D] -> logits [B, N, H, W]. With templates as
-        channels the caller passes their mean (:func:`~.clip_adapter.template_mean`)."""
+        channels the caller passes their mean (:func:`~.clip.templates.template_mean`)."""
         return cosine_cost_volume(text, self.proj(o_t)) * self.log_scale.exp()

@@ -21,8 +21,10 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
+from ...fileio import read_image_size
+from ..label_maps import IGNORE_LABEL
 from ..vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
-from .register_vspw import IGNORE_LABEL, VideoFrameList, read_image_size, register_dataset
+from .common import VideoFrameList, register_dataset
 from .root import datasets_root as default_datasets_root
 
 __all__ = [

@@ -83,7 +83,6 @@ def register_toy(root: Optional[str] = None, splits: Sequence[str] = ("train", "
         the registered dataset names.
     """
     root = root or default_toy_root()
-    command = f"python -m ov2vss.data.toy --root {root}"
     return register_vspw_family(
         TOY_PREFIX,
         root,
@@ -91,9 +90,8 @@ def register_toy(root: Optional[str] = None, splits: Sequence[str] = ("train", "
         TOY_NUM_SEEN,
         splits=splits,
         class_texts=TOY_CLASS_NAMES,
-        hint=f"generate it with `{command}`; see datasets/README.md",
         overwrite=True,
-        prepare_command=command,
+        generate_command=f"python -m ov2vss.data.toy --root {root}",
     )
 
 

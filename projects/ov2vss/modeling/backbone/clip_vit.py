@@ -13,10 +13,14 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from ..clip_adapter import build_open_clip, vit_patch_tokens
+from ..clip.dense import vit_patch_tokens
+from ..clip.loading import build_open_clip
 
 
 class CLIPViTBackbone(Backbone):
+    """U^1..U^L from the blocks ``out_layers`` (1-based) of an open_clip visual tower, each
+    projected to ``out_channels`` and resized to its stride of ``out_strides``."""
+
     def __init__(
         self,
         visual: nn.Module,
@@ -27,7 +31,8 @@ class CLIPViTBackbone(Backbone):
         super().__init__()
         if len(out_layers) != len(out_strides):
             raise ValueError(
-                f"MODEL.CLIP_VIT: OUT_LAYERS {out_layers} and OUT_STRIDES {out_strides} differ in length"
+                f"MODEL.CLIP_VIT: OUT_LAYERS {out_layers} and OUT_STRIDES {out_strides} differ in "
+                "length"
             )
         num_blocks = len(visual.transformer.resblocks)
         if any(not 1 <= i <= num_blocks for i in out_layers):
