@@ -1,7 +1,7 @@
 # Two entry points (README): `make demo` and `make test`; both set up .venv first if needed.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint format benchmark clean-env
+.PHONY: setup demo test app lint format benchmark clean-env
 
 setup:
 	@bash tools/setup_env.sh
@@ -14,6 +14,11 @@ demo: setup
 test: export OMP_NUM_THREADS = 1
 test: setup
 	$(PY) -m pytest -q tests
+
+# the web app (docs/DEMO.md) on http://127.0.0.1:7860; PORT=... to change the port
+PORT ?= 7860
+app: setup
+	$(PY) demo/app.py --port $(PORT)
 
 # formatting (pyproject.toml: black + isort, line length 100)
 LINT_PATHS := projects tests tools benchmarks datasets demo train_net.py setup.py

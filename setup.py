@@ -28,4 +28,6 @@ setup(
         "tqdm>4.29.0",
         "av",
     ],
+    # the web app, demo/app.py (docs/DEMO.md): pip install -e ".[app]"
+    extras_require={"app": ["gradio>=5,<7"]},
 )

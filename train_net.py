@@ -6,9 +6,12 @@
     python train_net.py --config-file configs/vspw/ov2vss_R101.yaml --eval-only MODEL.WEIGHTS m.pth
     CUDA_VISIBLE_DEVICES= python train_net.py --config-file configs/toy/ov2vss_tiny_cpu.yaml \
         --num-gpus 2 --dist-url auto
+    torchrun --nproc-per-node 4 --max-restarts 3 train_net.py --config-file CONFIG
 
 On CPU, --num-gpus is the number of processes (gloo backend). Flags go before the KEY VALUE
-overrides. The trainer and the set-up live in the package (:mod:`ov2vss.engine`).
+overrides. SIGTERM, SIGINT or SIGUSR1 stop training with a checkpoint and exit status 75
+(docs/GETTING_STARTED.md, "Preemption, SLURM, Kubernetes"). The trainer and the set-up live in
+the package (:mod:`ov2vss.engine`).
 """
 
 import ov2vss  # noqa: F401  isort: skip  (first: registers everything, quiets import noise)

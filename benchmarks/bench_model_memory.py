@@ -17,16 +17,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import threading
 import time
 from typing import Dict, List, Optional
 
 # benchmarks/ is this script's directory, hence on sys.path when it runs
-from common import print_table
+from common import REPO, print_table, run_worker
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = [
     "configs/vspw/ov2vss_R50.yaml",
     "configs/vspw/ov2vss_vitb16.yaml",
@@ -149,12 +147,7 @@ def measure(config: str, threads: int) -> Dict[str, float]:
 
 def run_in_subprocess(config: str, threads: int) -> Optional[Dict[str, float]]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(f"{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n")
-        return None
-    return json.loads(lines[-1])
+    return run_worker(cmd, config)
 
 
 def print_results(rows: List[Dict]) -> None:

@@ -35,9 +35,8 @@ from typing import Dict, List, Optional
 
 # benchmarks/ is this script's directory, hence on sys.path when it runs (and in the
 # spawned workers, which inherit it)
-from common import Meter, per_frame, print_table, proc_status_kib
+from common import REPO, Meter, per_frame, print_table, proc_status_kib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "tiny": "configs/toy/ov2vss_tiny_cpu.yaml",
     "r50": "configs/vspw/ov2vss_R50.yaml",

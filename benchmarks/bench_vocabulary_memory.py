@@ -22,7 +22,9 @@ import subprocess
 import sys
 from typing import Dict, List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ is this script's directory, hence on sys.path when it runs
+from common import REPO
+
 HEIGHT, WIDTH, FRAMES = 272, 640, 3
 MB = 1024**2
 SLACK_MB = 500  # one chunk's decoder activations (CLASS_CHUNK 64 at stride 4: ~420 MB)

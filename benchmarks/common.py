@@ -1,12 +1,35 @@
-"""What the CPU benchmarks share: resident-memory readings, a per-mode meter and the table
-printer (docs/BENCHMARKS.md)."""
+"""What the CPU benchmarks share: the repository's VSPW configs, resident-memory readings, a
+per-mode meter, worker processes and the table printer (docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
-from typing import Callable, Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
-__all__ = ["Meter", "per_frame", "print_table", "proc_status_kib", "reset_peak_rss"]
+__all__ = [
+    "REPO",
+    "VSPW_CONFIGS",
+    "Meter",
+    "per_frame",
+    "print_table",
+    "proc_status_kib",
+    "reset_peak_rss",
+    "run_worker",
+]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the paper's VSPW configs, relative to REPO
+VSPW_CONFIGS = [
+    "configs/vspw/ov2vss_R50.yaml",
+    "configs/vspw/ov2vss_R101.yaml",
+    "configs/vspw/ov2vss_vitb16.yaml",
+    "configs/vspw/ov2vss_sam_vitb.yaml",
+    "configs/vspw/ov2vss_sam_vitb_official.yaml",
+]
 
 
 def proc_status_kib(key: str) -> int:
@@ -68,3 +91,15 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
         print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         if i == 0:
             print("-+-".join("-" * w for w in widths))
+
+
+def run_worker(cmd: Sequence[str], config: str) -> Optional[Dict]:
+    """Run a benchmark's worker process (one config, in a fresh process so that its memory
+    peak is its own) and return the JSON object it printed last; None, with the tail of its
+    stderr printed, when it failed."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(f"{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n")
+        return None
+    return json.loads(lines[-1])

@@ -19,13 +19,22 @@ import time
 from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# a script that reads another's results runs after it (bench_loader.py reads the s/iter that
+# bench_train_step.py derives)
+RUN_AFTER = {"bench_loader.py": "bench_train_step.py"}
 
 
 def find_scripts(only: Optional[List[str]] = None) -> List[str]:
-    """The bench_*.py scripts next to this file, sorted; ``only`` keeps names containing a word."""
+    """The bench_*.py scripts next to this file, sorted (then RUN_AFTER); ``only`` keeps names
+    containing a word."""
     scripts = sorted(glob.glob(os.path.join(HERE, "bench_*.py")))
     if only:
         scripts = [s for s in scripts if any(word in os.path.basename(s) for word in only)]
+    for late, first in RUN_AFTER.items():
+        names = [os.path.basename(s) for s in scripts]
+        if late in names and first in names and names.index(late) < names.index(first):
+            script = scripts.pop(names.index(late))
+            scripts.insert(names.index(first), script)  # just after ``first``, moved up by one
     return scripts
 
 

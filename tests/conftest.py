@@ -4,7 +4,8 @@ Tests never import each other; what several modules need lives here.
 """
 
 import os
-from typing import Callable, Dict, Tuple
+from subprocess import CompletedProcess
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import pytest
 import torch
@@ -24,6 +25,56 @@ SMALL_TOY = dict(num_train_videos=3, num_val_videos=3, frames_per_video=(4, 5), 
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def _toy_root_registered() -> str:
+    from detectron2.data import MetadataCatalog
+
+    return MetadataCatalog.get("vspw_toy_val_seen").get("dataset_root", "")
+
+
+def _toy_registration_restored():
+    """Whatever a test or fixture points the toy names at (``register_toy(root)``,
+    ``setup(args)`` with DATASETS.TOY.ROOT), they point back where they were afterwards."""
+    from ov2vss.data.datasets.register_vspw_toy import register_toy
+
+    before = _toy_root_registered()
+    yield
+    if _toy_root_registered() != before:
+        register_toy(before)
+
+
+# autouse fixtures are set up first within their scope: the module one sees what the
+# module's fixtures register, the function one what each test does
+@pytest.fixture(scope="module", autouse=True)
+def _toy_names_per_module():
+    yield from _toy_registration_restored()
+
+
+@pytest.fixture(autouse=True)
+def _toy_names_per_test():
+    yield from _toy_registration_restored()
+
+
+@pytest.fixture(scope="session")
+def random_window() -> Callable:
+    """``random_window(size, seed, classes=0, output_size=None)``: one model input of random
+    frames (a 4-frame clip and the random frame, uint8, ``size`` = (h, w)), with a random
+    ``sem_seg`` of ``classes`` labels when ``classes`` > 0, to be resized to ``output_size``."""
+
+    def make(size, seed, classes=0, output_size=None) -> Dict:
+        g = torch.Generator().manual_seed(seed)
+        h, w = size
+        window = {
+            "frames": torch.randint(0, 256, (4, 3, h, w), generator=g, dtype=torch.uint8),
+            "random_frame": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+        }
+        if classes:
+            window["sem_seg"] = torch.randint(0, classes, (h, w), generator=g)
+        window["height"], window["width"] = output_size or size
+        return window
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +123,15 @@ def make_toy_dataset(tmp_path_factory) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
-def toy_root(make_toy_dataset) -> str:
+def toy_params() -> dict:
+    """The generator's arguments of ``toy_root``: 3 + 3 videos of 4-5 frames of 48x64."""
+    return dict(seed=0, **SMALL_TOY)
+
+
+@pytest.fixture(scope="session")
+def toy_root(make_toy_dataset, toy_params) -> str:
     """The small toy dataset most training / evaluation tests use (48x64 frames)."""
-    return make_toy_dataset(seed=0, **SMALL_TOY)
+    return make_toy_dataset(**toy_params)
 
 
 @pytest.fixture(scope="session")
@@ -95,23 +152,65 @@ def tiny_train_opts() -> Callable:
 
 
 @pytest.fixture(scope="session")
-def run_train_net() -> Callable:
-    """``run_train_net(*argv, env=None, check=True)``: ``python train_net.py ARGV`` as a user
-    runs it (a subprocess from the checkout, one thread); returns the CompletedProcess."""
+def start_command(tmp_path_factory) -> Iterator[Callable]:
+    """``start_command(*cmd, env=None, timeout=600) -> wait``: start the command ``cmd`` as a
+    user runs it (in the checkout, one thread; ``env``: the whole environment, default this
+    one's; "python" is this interpreter) in the background; ``wait()`` returns its
+    CompletedProcess. A fresh Python spends ~4 s importing on one core: a module starts its
+    command lines from a module fixture, and its in-process tests run meanwhile on the other
+    core. Commands not waited for are ended with the session."""
     import subprocess
     import sys
 
-    def run(*argv, env=None, check: bool = True, timeout: int = 600):
-        full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-        cmd = [sys.executable, os.path.join(REPO, "train_net.py"), *[str(a) for a in argv]]
-        proc = subprocess.run(
-            cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-            )
-        return proc
+    started = []
+
+    def start(*cmd, env: Optional[Dict[str, str]] = None, timeout: float = 600) -> Callable:
+        cmd = [sys.executable if c == "python" else str(c) for c in cmd]
+        folder = tmp_path_factory.mktemp("command")
+        out, err = open(folder / "stdout", "w+"), open(folder / "stderr", "w+")
+        full_env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1")
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=err, text=True)
+        started.append((proc, out, err))
+        result: list = []
+
+        def wait() -> CompletedProcess:
+            if not result:
+                try:
+                    proc.wait(timeout)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                out.seek(0), err.seek(0)
+                result.append(CompletedProcess(cmd, proc.returncode, out.read(), err.read()))
+            return result[0]
+
+        return wait
+
+    yield start
+    for proc, out, err in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close(), err.close()
+
+
+@pytest.fixture(scope="session")
+def train_net_in_process() -> Callable:
+    """``train_net_in_process(*argv)``: what ``python train_net.py ARGV`` does, in this process:
+    train_net.py's ``main`` under its launcher (``launch_cli``: one process, or a torchrun
+    worker in a rank forked by ``fork_ranks``); returns main's result. A user's mistake ends it
+    with ``SystemExit("error: ...")``, the one line the command prints (test_run_hygiene.py
+    checks that line on a real command line)."""
+    import importlib
+
+    from detectron2.engine import default_argument_parser
+
+    from ov2vss.engine import launch_cli
+
+    def run(*argv):
+        train_net = importlib.import_module("train_net")  # pyproject.toml: the checkout's path
+        return launch_cli(train_net.main, default_argument_parser().parse_args(map(str, argv)))
 
     return run
 
@@ -150,3 +249,107 @@ def run_demos() -> Callable:
             return {name: future.result() for name, future in futures.items()}
 
     return run_all
+
+
+def _main_in_process(module_name: str, argv, log_to_stderr: str = "") -> CompletedProcess:
+    """``main(argv)`` of a script of the checkout (pyproject.toml puts it on the path) in this
+    process; returns a CompletedProcess of its return code (argparse's exits included) and
+    what it printed. ``log_to_stderr``: a logger whose warnings are added to stderr as
+    ``LEVEL logger: message`` lines (as a script's own logging set-up prints them)."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+
+    main = importlib.import_module(module_name).main
+    argv = [str(a) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(log_to_stderr) if log_to_stderr else None
+    if logger is not None:
+        logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code
+    finally:
+        if logger is not None:
+            logger.removeHandler(handler)
+    return CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def demo_main() -> Callable:
+    """``demo_main(argv)``: demo/demo.py's ``main(argv)`` in this process, as the command line
+    runs it but without starting Python (most error cases stop before the model is built);
+    returns a CompletedProcess: the return code, what was printed and, on stderr, the progress
+    bar, the error line and the warnings logged."""
+    return lambda argv: _main_in_process("demo.demo", argv, log_to_stderr="ov2vss")
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable:
+    """``benchmark_script(name, *argv)``: ``benchmarks/<name>.py``'s ``main(argv)`` in this
+    process (a CompletedProcess of its return code and output)."""
+    return lambda name, *argv: _main_in_process(f"benchmarks.{name}", argv)
+
+
+@pytest.fixture(scope="session")
+def dataset_script() -> Callable:
+    """``dataset_script(name, *argv)``: ``datasets/<name>.py``'s ``main(argv)`` in this process
+    (a CompletedProcess of its return code and output); the tests that check a script as a
+    command line run it as a subprocess."""
+    return lambda name, *argv: _main_in_process(f"datasets.{name}", argv)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_torchrun_worker(rank: int, world_size: int, port: int, target: Callable, args) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    target(*args)
+
+
+@pytest.fixture(scope="session")
+def fork_ranks() -> Callable:
+    """``fork_ranks(target, *args, world_size=2, timeout=180) -> exit codes``: ``target(*args)``
+    in ``world_size`` processes forked from this one, each with torchrun's variables (none for
+    1 process): the code path of a torchrun worker without starting Python again (~4 s of
+    imports per process). The tests of the launchers themselves start them as commands."""
+    import multiprocessing
+    import time
+
+    def run(target: Callable, *args, world_size: int = 2, timeout: float = 180):
+        ctx = multiprocessing.get_context("fork")
+        if world_size == 1:
+            procs = [ctx.Process(target=target, args=args)]
+        else:
+            port = _free_port()
+            procs = [
+                ctx.Process(target=_as_torchrun_worker, args=(r, world_size, port, target, args))
+                for r in range(world_size)
+            ]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        return [p.exitcode for p in procs]
+
+    return run

@@ -22,34 +22,36 @@ def tiny_adapter(dense_mode: str = "qk", input_size: int = 96, model=None) -> CL
     ).eval()
 
 
+def self_only_mask(num_tokens: int) -> torch.Tensor:
+    """An additive attention mask that lets each token attend only to itself: the attention
+    weights are the identity, so an attention block returns out_proj(v) (the value path)."""
+    return torch.full((num_tokens, num_tokens), float("-inf")).fill_diagonal_(0.0)
+
+
 def direct_dense(adapter: CLIPAdapter, images: torch.Tensor, last_block: str) -> torch.Tensor:
-    """F^V at the tower's native 96 px, computed from the open_clip weights; the last block is
-    either run as open_clip runs it ("qk") or written out as the official code's forward_dense:
-    y = x + out_proj(v), v = the value third of in_proj(ln_1(x)); y + mlp(ln_2(y))."""
+    """F^V at the tower's native 96 px from open_clip's own forward (its patch tokens, after
+    ln_post, times proj). "vv": open_clip's last block runs with :func:`self_only_mask`, which
+    is the official code's forward_dense, y = x + out_proj(v), then y + mlp(ln_2(y))."""
     visual = adapter.model.visual
-    x = (images - adapter.pixel_mean) / adapter.pixel_std
-    x = visual.conv1(x).flatten(2).transpose(1, 2)  # [B, 144, D]
-    x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
-    x = visual.ln_pre(x + visual.positional_embedding)
-    blocks = visual.transformer.resblocks
-    for block in blocks[:-1]:
-        x = block(x)
-    last = blocks[-1]
+    last = visual.transformer.resblocks[-1]
+    mask = self_only_mask(visual.positional_embedding.shape[0])
+    handle = last.register_forward_pre_hook(
+        lambda _m, args, kwargs: (args, {**kwargs, "attn_mask": mask}), with_kwargs=True
+    )
     if last_block == "qk":
-        x = last(x)
-    else:
-        d = x.shape[-1]
-        w, b = last.attn.in_proj_weight, last.attn.in_proj_bias
-        v = F.linear(last.ln_1(x), w[2 * d :], b[2 * d :])
-        x = x + F.linear(v, last.attn.out_proj.weight, last.attn.out_proj.bias)
-        h = F.linear(last.ln_2(x), last.mlp.c_fc.weight, last.mlp.c_fc.bias)
-        x = x + F.linear(last.mlp.gelu(h), last.mlp.c_proj.weight, last.mlp.c_proj.bias)
-    x = visual.ln_post(x[:, 1:]) @ visual.proj
+        handle.remove()
+    visual.output_tokens = True
+    try:
+        _, tokens = visual((images - adapter.pixel_mean) / adapter.pixel_std)
+    finally:
+        visual.output_tokens = False
+        handle.remove()
+    x = tokens @ visual.proj
     return x.transpose(1, 2).reshape(x.shape[0], -1, 12, 12)
 
 
 # ---------------------------------------------------------------------------- dense features
-def test_vv_dense_features_equal_the_value_path_written_out():
+def test_vv_dense_features_equal_open_clip_attending_to_itself():
     torch.manual_seed(0)
     adapter = tiny_adapter("vv")
     images = torch.rand(2, 3, 96, 96) * 255

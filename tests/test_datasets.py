@@ -1,11 +1,9 @@
 """Dataset registration: VSPW layout, Cityscapes video layout, metadata, errors, label maps,
-prepare scripts (run as subprocesses)."""
+prepare scripts (a first run of each as a subprocess, further runs in this process)."""
 
 import json
 import os
 import pickle
-import subprocess
-import sys
 import uuid
 
 import numpy as np
@@ -49,8 +47,7 @@ def _vspw_tree(root, videos, splits):
     return str(root)
 
 
-@pytest.fixture
-def raw_vspw_root(tmp_path):
+def _raw_vspw_tree(folder):
     """A VSPW tree as downloaded: raw masks (value 81 everywhere), no label maps yet."""
     stems = ["00000000", "00000003", "00000006", "00000009"]
     videos = {
@@ -58,9 +55,12 @@ def raw_vspw_root(tmp_path):
         # un-padded names: the frame order must be numeric (9 before 10)
         "vid_b": (16, 32, ["9", "10", "11"], ["9", "10", "11"]),
     }
-    return _vspw_tree(
-        tmp_path / "VSPW_480p", videos, {"train": ["vid_a"], "val": ["vid_a", "vid_b"]}
-    )
+    return _vspw_tree(folder / "VSPW_480p", videos, {"train": ["vid_a"], "val": ["vid_a", "vid_b"]})
+
+
+@pytest.fixture
+def raw_vspw_root(tmp_path):
+    return _raw_vspw_tree(tmp_path)
 
 
 @pytest.fixture
@@ -77,14 +77,55 @@ def _label_map(root, space, video, stem):
     return os.path.join(root, "annotations_detectron2", space, video, f"{stem}.png")
 
 
-def _run_script(repo_root, name, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(repo_root, "datasets", f"{name}.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
-    )
+IMPORT_PROBE = """
+import sys
+missing = sys.argv[1]
+touched = []
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir", "os.stat") and args and (
+            missing in str(args[0])):
+        touched.append((event, str(args[0])))
+sys.addaudithook(hook)
+import ov2vss
+from detectron2.data import DatasetCatalog, MetadataCatalog
+print(repr(MetadataCatalog.get("vspw_val_unseen").dataset_root))
+print(repr(sorted(DatasetCatalog.list())))
+print(repr(touched))
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def command_lines(start_command, tmp_path_factory):
+    """The module's command lines, started with it (fresh processes, ~4 s of imports each;
+    the tests below run meanwhile): ``name -> (wait, folder)``. prepare_vspw.py on a raw VSPW
+    tree, prepare_cityscapes_video.py on a Cityscapes tree, and a bare `import ov2vss` under
+    a DETECTRON2_DATASETS that does not exist."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    vspw = _raw_vspw_tree(tmp_path_factory.mktemp("cli_vspw"))
+    prepare_vspw = ["--root", vspw, "--splits", "train", "val", "--workers", "2"]
+    cityscapes = _cityscapes_labelids_tree(tmp_path_factory.mktemp("cli_cityscapes"))
+    missing = str(tmp_path_factory.mktemp("cli_import") / "no_datasets")
+    return {
+        "prepare_vspw": (
+            start_command("python", "datasets/prepare_vspw.py", *prepare_vspw, env=env),
+            vspw,
+        ),
+        "prepare_cityscapes_video": (
+            start_command(
+                "python",
+                "datasets/prepare_cityscapes_video.py",
+                *_cityscapes_args(cityscapes),
+                env=env,
+            ),
+            cityscapes,
+        ),
+        "import": (
+            start_command(
+                "python", "-c", IMPORT_PROBE, missing, env=dict(env, DETECTRON2_DATASETS=missing)
+            ),
+            missing,
+        ),
+    }
 
 
 def _register(root, **kwargs):
@@ -247,29 +288,14 @@ def test_vspw_video_errors(vspw_root):
     assert "12.jpg" in str(e.value)
 
 
-def test_import_registers_without_disk_access(tmp_path):
-    """`import ov2vss` with a non-existent DETECTRON2_DATASETS: every name registered, nothing
-    read there."""
-    missing = str(tmp_path / "no_datasets")
-    code = f"""
-import sys
-touched = []
-def hook(event, args):
-    if event in ("open", "os.listdir", "os.scandir", "os.stat") and args and (
-            {missing!r} in str(args[0])):
-        touched.append((event, str(args[0])))
-sys.addaudithook(hook)
-import ov2vss
-from detectron2.data import DatasetCatalog
-print(repr(sorted(DatasetCatalog.list())))
-print(repr(touched))
-"""
-    env = dict(os.environ, DETECTRON2_DATASETS=missing, PYTHONWARNINGS="ignore")
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
+def test_import_registers_without_disk_access(command_lines):
+    """`import ov2vss` with a non-existent DETECTRON2_DATASETS: every name registered (VSPW's
+    under that root), nothing read there."""
+    wait, missing = command_lines["import"]
+    out = wait()
     assert out.returncode == 0, out.stderr
-    names_line, touched_line = out.stdout.strip().splitlines()[-2:]
+    root_line, names_line, touched_line = out.stdout.strip().splitlines()[-3:]
+    assert eval(root_line) == os.path.join(missing, "VSPW_480p")
     names = eval(names_line)
     expected = [
         "vspw_train_seen", "vspw_val_unseen", "vspw_val_seen", "vspw_val_all",
@@ -390,18 +416,9 @@ def test_toy_without_label_maps_names_the_generator(raw_vspw_root):
         register_toy()
 
 
-def test_prepare_vspw_writes_label_maps_once(raw_vspw_root, repo_root):
-    out = _run_script(
-        repo_root,
-        "prepare_vspw",
-        "--root",
-        raw_vspw_root,
-        "--splits",
-        "train",
-        "val",
-        "--workers",
-        "2",
-    )
+def test_prepare_vspw_writes_label_maps_once(command_lines, dataset_script):
+    wait, raw_vspw_root = command_lines["prepare_vspw"]
+    out = wait()  # `python datasets/prepare_vspw.py --root ROOT --splits train val --workers 2`
     assert out.returncode == 0, out.stdout + out.stderr
     # 7 masks x 3 spaces (vid_a's seen label maps serve train_seen and val_seen)
     assert "wrote 21, skipped 0" in out.stdout
@@ -419,21 +436,21 @@ def test_prepare_vspw_writes_label_maps_once(raw_vspw_root, repo_root):
     }
     assert len(stamps) == 21  # and no temporary file left behind
 
-    again = _run_script(
-        repo_root, "prepare_vspw", "--root", raw_vspw_root, "--splits", "train", "val"
-    )
+    # the second run in this process (the command line was checked above)
+    again = dataset_script("prepare_vspw", "--root", raw_vspw_root, "--splits", "train", "val")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "wrote 0, skipped 21 (up to date)" in again.stdout
     assert stamps == {p: os.stat(p).st_mtime_ns for p in stamps}
 
 
-def test_prepare_vspw_refuses_bad_masks(vspw_root, repo_root):
+def test_prepare_vspw_refuses_bad_masks(vspw_root, dataset_script):
     mask_dir = os.path.join(vspw_root, "data", "vid_b", "mask")
     Image.fromarray(np.full((16, 32), 200, np.uint8)).save(os.path.join(mask_dir, "10.png"))
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(mask_dir, "11.png"))
     with open(os.path.join(mask_dir, "9.png"), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n not really a png")
-    out = _run_script(repo_root, "prepare_vspw", "--root", vspw_root, "--workers", "2")
+    # in this process (the command line is checked above), its 2 workers forked from it
+    out = dataset_script("prepare_vspw", "--root", vspw_root, "--workers", "2")
     assert out.returncode == 1
     problems = [line for line in out.stdout.splitlines() if line.startswith("PROBLEM")]
     text = "\n".join(problems)
@@ -456,26 +473,36 @@ def test_prepare_vspw_refuses_bad_masks(vspw_root, repo_root):
 # ------------------------------------------------------------------ prepare scripts
 
 
-def test_prepare_cityscapes_builtin(tmp_path, repo_root):
-    gt = tmp_path / "cityscapes" / "gtFine" / "val" / "aachen"
+def _cityscapes_labelids_tree(folder):
+    """A Cityscapes tree with one *_gtFine_labelIds.png (ids 7, 8, 26, 0 / 33, 31, 4, 24)."""
+    gt = folder / "cityscapes" / "gtFine" / "val" / "aachen"
     gt.mkdir(parents=True)
     ids = np.array([[7, 8, 26, 0], [33, 31, 4, 24]], np.uint8)
     Image.fromarray(ids).save(gt / "aachen_000000_000019_gtFine_labelIds.png")
-    (tmp_path / "cityscapes" / "leftImg8bit_sequence" / "val" / "aachen").mkdir(parents=True)
-    args = ["--root", str(tmp_path / "cityscapes"), "--splits", "val", "--method", "builtin"]
-    out = _run_script(repo_root, "prepare_cityscapes_video", *args)
+    (folder / "cityscapes" / "leftImg8bit_sequence" / "val" / "aachen").mkdir(parents=True)
+    return folder / "cityscapes"
+
+
+def _cityscapes_args(root):
+    return ["--root", str(root), "--splits", "val", "--method", "builtin"]
+
+
+def test_prepare_cityscapes_builtin(command_lines, dataset_script):
+    wait, root = command_lines["prepare_cityscapes_video"]
+    out = wait()  # `python datasets/prepare_cityscapes_video.py --root ROOT ... builtin`
     assert out.returncode == 0, out.stdout + out.stderr
     assert "val: wrote 1 *_gtFine_labelTrainIds.png file(s)" in out.stdout
+    gt = root / "gtFine" / "val" / "aachen"
     out = np.asarray(Image.open(gt / "aachen_000000_000019_gtFine_labelTrainIds.png"))
     assert out.tolist() == [[0, 1, 13, 255], [18, 16, 255, 11]]
-    again = _run_script(repo_root, "prepare_cityscapes_video", *args, "--check-sequences")
+    again = dataset_script("prepare_cityscapes_video", *_cityscapes_args(root), "--check-sequences")
     assert "val: wrote 0 " in again.stdout  # already there
     problems = [line for line in again.stdout.splitlines() if line.startswith("PROBLEM")]
     assert len(problems) == 1 and "30 of 30 snippet frames missing" in problems[0]
     assert again.returncode == 1
 
 
-def test_prepare_vspw_reports_problems(vspw_root, repo_root):
+def test_prepare_vspw_reports_problems(vspw_root, dataset_script):
     names = get_vspw_class_names()
     report = prepare_vspw(vspw_root, ["train", "val"], names, 80, write=False, masks_per_video=-1)
     assert report.problems == [] and report.written == 0
@@ -498,8 +525,6 @@ def test_prepare_vspw_reports_problems(vspw_root, repo_root):
         json.dump({"others": 0, "wall": 1}, f)
     report = prepare_vspw(vspw_root, ["train"], names, 80, write=False, masks_per_video=0)
     assert any("differ" in p for p in report.problems)
-    out = _run_script(
-        repo_root, "prepare_vspw", "--root", vspw_root, "--splits", "val", "--check-only"
-    )
+    out = dataset_script("prepare_vspw", "--root", vspw_root, "--splits", "val", "--check-only")
     assert out.returncode == 1
     assert "PROBLEM" in out.stdout

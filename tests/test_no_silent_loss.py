@@ -2,16 +2,18 @@
 a run stops early, the weights recorded, repeatable without weights), gaps and corrupt files
 in VSPW-layout data (README "Segment your own video", datasets/README.md).
 
-The demo runs are subprocesses started together by the module fixture ``demo``; the failing
-ones stop before the model is built (about 3 s each), the others segment 3-4 small frames.
+The demo runs are made by the module fixture ``demo``: one as a real command line (a
+subprocess: a fresh process's warnings), the others through demo.py's ``main(argv)`` in this
+process meanwhile; the failing ones stop before the model is built, the others segment 3-4
+small frames.
 """
 
 import json
 import os
 import re
-import subprocess
-import sys
+import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -102,9 +104,14 @@ CASES = {
 }
 
 
+# third-party notices of a fresh process (NOISE) are checked on the command line
+COMMAND_LINE_RUNS = ("repeat_a",)
+
+
 @pytest.fixture(scope="module")
-def demo(run_demos, tiny_config_file, tiny_cfg, small_frames, tmp_path_factory):
-    """``case -> (CompletedProcess, tmp folder)`` of ``python demo/demo.py`` runs."""
+def demo(run_demos, demo_main, tiny_config_file, tiny_cfg, small_frames, tmp_path_factory):
+    """``case -> (CompletedProcess, tmp folder)`` of the demo runs: COMMAND_LINE_RUNS as
+    ``python demo/demo.py``, the others in-process while it runs."""
     cases = {}
     for name, make in CASES.items():
         tmp = tmp_path_factory.mktemp(name)
@@ -113,7 +120,14 @@ def demo(run_demos, tiny_config_file, tiny_cfg, small_frames, tmp_path_factory):
             args += SMALL
         cases[name] = (["--config-file", tiny_config_file, "--vocabulary", VOCAB, *args], tmp)
 
-    procs = run_demos({name: args for name, (args, _) in cases.items()})
+    with ThreadPoolExecutor(1) as pool:
+        command_lines = pool.submit(run_demos, {name: cases[name][0] for name in COMMAND_LINE_RUNS})
+        procs = {
+            name: demo_main(args)
+            for name, (args, _) in cases.items()
+            if name not in COMMAND_LINE_RUNS
+        }
+        procs.update(command_lines.result())
     return {name: (procs[name], tmp) for name, (_, tmp) in cases.items()}
 
 
@@ -170,6 +184,8 @@ def test_a_run_stopped_by_a_bad_frame_keeps_the_video_so_far(demo):
 
 
 def test_without_weights_the_json_says_so_and_two_runs_agree(demo):
+    """A command line and a run in this process (whose random generators other tests have
+    used) give the same labels: the random model is seeded."""
     runs = [demo["repeat_a"], demo["repeat_b"]]
     summaries, pngs = [], []
     for proc, tmp in runs:
@@ -201,6 +217,34 @@ def test_the_json_records_the_weights_file(demo):
     assert summary["clip_arch"] == "OV2VSS-Tiny-CLIP"
 
 
+def test_an_output_that_would_overwrite_the_input_is_refused(
+    demo_main, tiny_config_file, bikes_video, small_frames, tmp_path
+):
+    """--output naming the input video (or a link to it), or a PNG folder where a frame's
+    overlay would replace an input frame: one error line before the model is built, the
+    input left as it was."""
+    video = tmp_path / "in.mp4"
+    shutil.copy(bikes_video, video)
+    os.symlink(video, tmp_path / "link.mp4")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(small_frames[:2]):
+        Image.fromarray(frame).save(folder / f"img_{i:03d}.png")
+    before = {p: p.read_bytes() for p in [video, *folder.iterdir()]}
+    common = ["--config-file", tiny_config_file, "--vocabulary", VOCAB, *SMALL]
+    for inputs, output, expected in [
+        (["--video-input", video], video, f"--output {video} is the input video"),
+        (["--video-input", video], tmp_path / "link.mp4", "link.mp4 is the input video"),
+        (["--input", folder], folder, "would overwrite the input frame "
+         + os.path.realpath(folder / "img_000.png")),
+    ]:  # fmt: skip
+        proc = demo_main(inputs + ["--output", output] + common)
+        line = one_error_line(proc)
+        assert line.startswith("error: ") and expected in line, line
+        assert "MODEL.WEIGHTS is empty" not in proc.stderr and proc.stdout == ""
+    assert {p: p.read_bytes() for p in [video, *folder.iterdir()]} == before
+
+
 # ---------------------------------------------------------------- VSPW-layout data
 H, W = 48, 64  # a JPEG whose second half is cut keeps its header
 
@@ -226,15 +270,7 @@ def vspw_tree(root):
     return prefix
 
 
-def prepare(repo_root, root, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(repo_root, "datasets", "prepare_vspw.py"), "--root",
-         str(root), "--splits", "train", "val", "--no-progress", *args],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # fmt: skip
-
-
-def test_a_missing_mask_is_an_error_naming_it(tmp_path, repo_root):
+def test_a_missing_mask_is_an_error_naming_it(tmp_path, dataset_script):
     root = tmp_path / "VSPW_480p"
     prefix = vspw_tree(root)
     assert len(DatasetCatalog.get(f"{prefix}_val_all")) == 3
@@ -244,7 +280,9 @@ def test_a_missing_mask_is_an_error_naming_it(tmp_path, repo_root):
         DatasetCatalog.get(f"{prefix}_val_all")
     assert str(e.value).startswith(f"mask {missing} does not exist: 1 of 3 frames")
     assert "VSPW annotates every frame" in str(e.value)
-    out = prepare(repo_root, root)
+    out = dataset_script(
+        "prepare_vspw", "--root", root, "--splits", "train", "val", "--no-progress"
+    )
     assert out.returncode == 1, out.stdout
     problems = [line for line in out.stdout.splitlines() if line.startswith("PROBLEM")]
     assert len(problems) == 1 and f"mask {missing} does not exist" in problems[0], out.stdout
@@ -262,14 +300,17 @@ def test_a_video_without_masks_is_called_unannotated(tmp_path):
     assert len(DatasetCatalog.get(f"{prefix}_train_seen")) == 3  # the other split is fine
 
 
-def test_full_check_decodes_every_frame_and_mask(tmp_path, repo_root):
+def test_full_check_decodes_every_frame_and_mask(tmp_path, dataset_script):
     root = tmp_path / "VSPW_480p"
     vspw_tree(root)
     jpeg = root / "data" / "tr" / "origin" / "00000001.jpg"
     truncate(jpeg)
     mask = root / "data" / "va" / "mask" / "00000002.png"
     Image.fromarray(np.full((H, W), 200, np.uint8)).save(mask)
-    out = prepare(repo_root, root, "--check-only", "--full", "--workers", "2")
+    out = dataset_script(
+        "prepare_vspw", "--root", root, "--splits", "train", "val", "--no-progress",
+        "--check-only", "--full", "--workers", "2",
+    )  # fmt: skip
     assert out.returncode == 1, out.stdout + out.stderr
     problems = [line for line in out.stdout.splitlines() if line.startswith("PROBLEM")]
     assert len(problems) == 2, out.stdout

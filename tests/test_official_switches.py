@@ -364,11 +364,11 @@ def test_accumulated_gradients_survive_a_checkpoint_mid_group():
     assert "accumulation" not in second.state_dict()  # the group is complete
 
 
-def _ddp_accumulation_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _ddp_accumulation_worker(out_dir: str) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method="env://")  # torchrun's variables
+    rank = dist.get_rank()
     try:
         samples = toy_samples(8)
         # iteration i, rank r: sample 2 i + r; group g (2 iterations) covers samples 4g..4g+3
@@ -379,27 +379,48 @@ def _ddp_accumulation_worker(rank: int, init_file: str, out_dir: str) -> None:
             if rank == 0:
                 state = {"state": model.module.state_dict(), "steps": steps}
                 torch.save(state, os.path.join(out_dir, f"period{period}.pt"))
+        # resumed in the middle of a group: iterations 0-2 (a step after 1, then the first
+        # micro-batch of the group 2-3, synchronised as a checkpoint follows it), saved by
+        # rank 0 and loaded by both processes of a new run, which adds iteration 3
+        model = nn.parallel.DistributedDataParallel(ToyRegression())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        first = StepTrainer(model, iter(batches[:3]), opt, 2, 4, checkpoint_period=3)
+        run_iterations(first, 0, 3)
+        path = os.path.join(out_dir, "mid_group.pt")
+        if rank == 0:
+            torch.save({"model": model.module.state_dict(), "trainer": first.state_dict()}, path)
+        dist.barrier()
+        saved = torch.load(path, weights_only=True)
+        model = nn.parallel.DistributedDataParallel(ToyRegression())
+        model.module.load_state_dict(saved["model"])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        second = StepTrainer(model, iter(batches[3:]), opt, 2, 4, checkpoint_period=3)
+        second.load_state_dict(saved["trainer"])
+        run_iterations(second, 3, 4)
+        if rank == 0:
+            torch.save({"state": model.module.state_dict()}, os.path.join(out_dir, "resumed.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_accumulation_equals_one_large_batch(tmp_path):
+def test_ddp_accumulation_equals_one_large_batch(fork_ranks, tmp_path):
     """2 processes x 2 micro-batches of 1 = batches of 4 in one process. Earlier micro-steps
     run under no_sync; with CHECKPOINT_PERIOD 1 every micro-step synchronises (a checkpoint
-    follows each), which must not change the result. (Spawns 2 processes once; starting them
-    and importing torch there is most of this test's ~15 s.)"""
-    import torch.multiprocessing as mp
-
-    mp.spawn(
-        _ddp_accumulation_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True
-    )
+    follows each), which must not change the result; nor must a resume from a checkpoint in
+    the middle of a group (its partial gradients, the same in both processes). (The 2
+    processes are forked from this one: no second start-up of Python.)"""
+    assert fork_ranks(_ddp_accumulation_worker, str(tmp_path)) == [0, 0]
     samples = toy_samples(8)
     large, _ = toy_train([samples[0:4], samples[4:8]])
-    for period in (0, 1):
-        got = torch.load(tmp_path / f"period{period}.pt", weights_only=True)
-        assert got["steps"] == 2
+    saved = torch.load(tmp_path / "mid_group.pt", weights_only=True)
+    assert saved["trainer"]["accumulation"]["group_start"] == 2  # a partial group was saved
+    for run in ("period0", "period1", "resumed"):
+        got = torch.load(tmp_path / f"{run}.pt", weights_only=True)
+        assert got.get("steps", 2) == 2  # optimizer steps of the uninterrupted runs
         for name, p in large.state_dict().items():
-            torch.testing.assert_close(got["state"][name], p, atol=1e-12, rtol=0, msg=name)
+            torch.testing.assert_close(
+                got["state"][name], p, atol=1e-12, rtol=0, msg=f"{run}: {name}"
+            )
 
 
 def test_accumulation_steps_setting(tiny_cfg):

@@ -5,9 +5,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -27,6 +24,23 @@ from ov2vss.training_free import RandomCLIPError
 from ov2vss.vocabulary import dataset_vocabulary
 
 ALL = "vspw_toy_val_all"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_without_a_display(start_command, tmp_path_factory):
+    """A fresh process (~5 s of imports, started with the module: the tests run meanwhile)
+    with no DISPLAY and an interactive MPLBACKEND that cannot start without one writes a
+    report: ``(wait, folder)``."""
+    folder = tmp_path_factory.mktemp("no_display")
+    code = (
+        "import sys\n"
+        "from ov2vss.evaluation.report import write_report\n"
+        "write_report(sys.argv[1], {'IoU-a': 10.0, 'IoU-b': 50.0, 'mIoU': 30.0}, ['a', 'b'], "
+        "[0], [1])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env["MPLBACKEND"] = "TkAgg"
+    return start_command("python", "-c", code, folder / "r.png", env=env), folder
 
 
 # ---------------------------------------------------------------- the sweep, by hand
@@ -133,8 +147,8 @@ def _records():
 
 @pytest.fixture(scope="module")
 def predictions(tiny_model):
-    """source -> [(record, probabilities [36, H, W])]: hand-made random probabilities, and the
-    tiny model's (uncalibrated) outputs on the toy validation frames."""
+    """source -> [(record, probabilities [36, H, W])]: hand-made random probabilities on the
+    toy validation frames, and the tiny model's (uncalibrated) output on the first."""
     cfg, model = tiny_model
     records = _records()
     rng = torch.Generator().manual_seed(0)
@@ -146,14 +160,16 @@ def predictions(tiny_model):
     mapper = VideoSemSegDatasetMapper(cfg, False, dataset_name=ALL)
     model_probs = []
     with torch.no_grad(), model.vocabulary(dataset_vocabulary(ALL)):
-        for r in records:
+        for r in records[:1]:
             model_probs.append((r, model([mapper(r)])[0]["sem_seg"]))
     return {"random": random_probs, "tiny_model": model_probs}
 
 
 def _evaluate(pairs, output_dir=None, calibrate=None):
-    """Run the evaluator on (record, probabilities); ``calibrate`` = gamma: the probabilities
-    are first calibrated here (float64: p * exp(-gamma [seen]), renormalised)."""
+    """Run the evaluator on (record, probabilities); ``calibrate`` = gamma: hand-made
+    probabilities are first calibrated by the definition of calibrated stacking (float64:
+    p * exp(-gamma [seen]), renormalised). The model's own calibration against the sweep, end
+    to end: tests/test_calibration.py."""
     evaluator = VideoSemSegEvaluator(ALL, distributed=False, output_dir=output_dir)
     evaluator.reset()
     seen = torch.zeros(36, 1, 1, dtype=torch.float64)
@@ -168,9 +184,9 @@ def _evaluate(pairs, output_dir=None, calibrate=None):
     return results
 
 
-@pytest.mark.parametrize("source", ["random", "tiny_model"])
-def test_sweep_rows_equal_separate_calibrated_evaluations(source, predictions, tmp_path):
-    pairs = predictions[source]
+def test_sweep_rows_equal_separate_calibrated_evaluations(predictions, tmp_path):
+    """The sweep's bookkeeping against its definition, on random probabilities."""
+    pairs = predictions["random"]
     plain = _evaluate(pairs, output_dir=str(tmp_path))
     written = json.loads((tmp_path / "metrics.json").read_text())
     sweep = written["seen_bias"]
@@ -317,20 +333,13 @@ def test_report_png_has_the_expected_size(tmp_path):
         assert img.size == tuple(round(x * DPI) for x in figure_size(7, len(names[0]), False))
 
 
-def test_report_works_without_a_display(tmp_path):
+def test_report_works_without_a_display(report_without_a_display):
     """No DISPLAY and an interactive MPLBACKEND that cannot start without one: the report
-    draws on the Agg canvas directly (one subprocess, ~5 s of imports)."""
-    code = (
-        "from ov2vss.evaluation.report import write_report\n"
-        "write_report('r.png', {'IoU-a': 10.0, 'IoU-b': 50.0, 'mIoU': 30.0}, ['a', 'b'], [0], [1])\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    env["MPLBACKEND"] = "TkAgg"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    draws on the Agg canvas directly."""
+    wait, folder = report_without_a_display
+    proc = wait()
     assert proc.returncode == 0, proc.stderr
-    with Image.open(tmp_path / "r.png") as img:
+    with Image.open(folder / "r.png") as img:
         img.verify()
 
 
@@ -342,8 +351,10 @@ def free_cfg(tiny_cfg):
 
 
 def _direct_cost_volume(clip_model, texts, frame):
-    """cos(text, "vv" dense feature) from the open_clip weights, written out here: the last
-    image block keeps each token's own value (x + out_proj(v)), then its FFN residual."""
+    """cos(text, "vv" dense feature) from open_clip's own forward: its position embedding
+    resized (bicubic) from the 96-pixel tower's 12x12 grid to the frame's 4x6, and its last
+    image block run with a mask that lets each token attend only to itself, which makes the
+    block x + out_proj(v), then its FFN residual (the value path)."""
     import open_clip
 
     tokens = open_clip.get_tokenizer("OV2VSS-Tiny-CLIP")([f"a photo of a {t}." for t in texts])
@@ -352,26 +363,23 @@ def _direct_cost_volume(clip_model, texts, frame):
     mean = torch.tensor(visual.image_mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(visual.image_std).view(1, 3, 1, 1) * 255
     x = (torch.from_numpy(frame).permute(2, 0, 1)[None].float() - mean) / std
-    x = visual.conv1(x)
-    gh, gw = x.shape[-2:]
-    x = x.flatten(2).transpose(1, 2)
-    pos = visual.positional_embedding  # 12x12 grid of the 96-pixel tower -> 4x6
+    gh, gw = frame.shape[0] // 8, frame.shape[1] // 8  # patch 8
+    pos = visual.positional_embedding
     grid = pos[1:].reshape(1, 12, 12, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
-    pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)])
-    x = torch.cat([visual.class_embedding.expand(1, 1, -1), x], dim=1) + pos
-    x = visual.ln_pre(x)
-    blocks = visual.transformer.resblocks
-    for block in blocks[:-1]:
-        x = block(x)
-    last = blocks[-1]
-    dim = x.shape[-1]
-    v = F.linear(
-        last.ln_1(x), last.attn.in_proj_weight[2 * dim :], last.attn.in_proj_bias[2 * dim :]
+    resized = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)])
+    self_only = torch.full((gh * gw + 1,) * 2, float("-inf")).fill_diagonal_(0.0)
+    handle = visual.transformer.resblocks[-1].register_forward_pre_hook(
+        lambda _m, args, kwargs: (args, {**kwargs, "attn_mask": self_only}), with_kwargs=True
     )
-    x = x + last.attn.out_proj(v)
-    x = x + last.mlp(last.ln_2(x))
-    dense = visual.ln_post(x[:, 1:]) @ visual.proj  # [1, gh*gw, D]
+    visual.positional_embedding = torch.nn.Parameter(resized, requires_grad=False)
+    visual.output_tokens = True
+    try:
+        _, patch_tokens = visual(x)  # after ln_post
+    finally:
+        visual.positional_embedding, visual.output_tokens = pos, False
+        handle.remove()
+    dense = patch_tokens @ visual.proj  # [1, gh*gw, D]
     dense = F.normalize(dense[0], dim=-1).T.reshape(-1, gh, gw)
     return torch.einsum("nd,dhw->nhw", text, dense)
 
@@ -415,9 +423,16 @@ def test_training_free_refuses_random_clip_and_bad_windows(free_cfg):
 
 
 # ---------------------------------------------------------------- the demo's options
+# a vocabulary mixing classes the checkpoint was trained on (red star, green ring) with new ones
+MIXED = "red circle, red star, blue star, green ring"
+
+
 @pytest.fixture(scope="module")
-def demo_runs(repo_root, tiny_config_file, tiny_cfg, tmp_path_factory):
-    """case -> CompletedProcess of ``python demo/demo.py`` (run concurrently, ~5 s each)."""
+def demo_runs(tiny_config_file, tiny_cfg, tmp_path_factory):
+    """case -> the demo's summary (or its SegmentationError), run in-process through
+    :func:`ov2vss.video_segmentation.segment_video`, what ``demo/demo.py`` runs."""
+    from ov2vss.video_segmentation import SegmentationConfig, SegmentationError, segment_video
+
     tmp = tmp_path_factory.mktemp("demo_options")
     frames = tmp / "frames"
     frames.mkdir()
@@ -427,54 +442,54 @@ def demo_runs(repo_root, tiny_config_file, tiny_cfg, tmp_path_factory):
     with seeded_rng(0):
         model = build_model(tiny_cfg())  # trained vocabulary: the toy seen classes
     OV2VSSCheckpointer(model, str(tmp)).save("trained")
-    base = ["--config-file", tiny_config_file, "--input", str(frames)]
+    base = dict(config_file=tiny_config_file, inputs=[str(frames)])
+    trained = ["MODEL.WEIGHTS", str(tmp / "trained.pth")]
     cases = {
-        "random_clip": [*base, "--vocabulary", "car, road", "--training-free"],
-        "negative_bias": [*base, "--vocabulary", "car, road", "--seen-bias", "-1"],
-        "calibrated": [*base, "--vocabulary", "red circle, red square, blue star",
-                       "--seen-bias", "2", "--output", str(tmp / "calibrated"),
-                       "--opts", "MODEL.WEIGHTS", str(tmp / "trained.pth")],
-        "training_free": [*base, "--vocabulary", "car, road", "--training-free",
-                          "--allow-random-clip", "--temporal-window", "2",
-                          "--output", str(tmp / "free")],
+        "random_clip": dict(vocabulary="car, road", training_free=True),
+        "negative_bias": dict(vocabulary="car, road", seen_bias=-1.0),
+        "plain": dict(vocabulary=MIXED, output=str(tmp / "plain"), opts=trained),
+        "calibrated": dict(vocabulary=MIXED, seen_bias=2.0, output=str(tmp / "calibrated"),
+                           opts=trained),
+        "training_free": dict(vocabulary="car, road", training_free=True,
+                              allow_random_clip=True, temporal_window=2,
+                              output=str(tmp / "free")),
     }  # fmt: skip
-
-    def run(args):
-        return subprocess.run(
-            [sys.executable, "demo/demo.py", *args], cwd=repo_root, capture_output=True,
-            text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
-        )  # fmt: skip
-
-    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        futures = {name: pool.submit(run, args) for name, args in cases.items()}
-        return tmp, {name: f.result() for name, f in futures.items()}
+    runs = {}
+    for name, options in cases.items():
+        try:
+            runs[name] = segment_video(SegmentationConfig(**base, **options))
+        except SegmentationError as e:
+            runs[name] = e
+    return tmp, runs
 
 
 def test_demo_refuses_random_clip_and_a_negative_seen_bias(demo_runs):
     _, runs = demo_runs
     for case, pattern in (
-        ("random_clip", r"^error: --training-free .*MODEL\.CLIP\.PRETRAINED is empty: random "
+        ("random_clip", r"^--training-free .*MODEL\.CLIP\.PRETRAINED is empty: random "
                         r"CLIP weights would make every label noise.*--allow-random-clip"),
-        ("negative_bias", r"^error: --seen-bias must be a finite number >= 0 "
+        ("negative_bias", r"^--seen-bias must be a finite number >= 0 "
                           r"\(MODEL\.OV2VSS\.SEEN_BIAS\), got -1\.0$"),
     ):  # fmt: skip
-        proc = runs[case]
-        assert proc.returncode == 2, proc.stderr
-        lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-        assert len(lines) == 1 and re.search(pattern, lines[0]), proc.stderr
+        error = runs[case]
+        assert isinstance(error, Exception) and error.summary is None, error
+        assert re.search(pattern, str(error)), str(error)
 
 
 def test_demo_calibrated_and_training_free_runs(demo_runs):
+    """--seen-bias 2 on a checkpoint trained on the toy seen classes: pixels move from the two
+    seen names to the two new ones, compared with the same run without it."""
     tmp, runs = demo_runs
-    proc = runs["calibrated"]
-    assert proc.returncode == 0, proc.stderr
-    # the checkpoint's training vocabulary reached the demo: calibration applies
-    assert "has no effect" not in proc.stderr
-    summary = json.loads((tmp / "calibrated" / "summary.json").read_text())
-    assert summary["seen_bias"] == 2.0 and summary["mode"] == "ov2vss"
-    proc = runs["training_free"]
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads((tmp / "free" / "summary.json").read_text())
-    assert summary["mode"] == "training-free" and summary["weights"] is None
-    assert "labels are noise" in summary["weights_warning"]
+    plain, calibrated = runs["plain"], runs["calibrated"]
+    assert calibrated["seen_bias"] == 2.0 and calibrated["mode"] == "ov2vss"
+    assert plain["seen_bias"] == 0.0
+    seen = ("red star", "green ring")
+    share = {
+        k: sum(r["pixel_share"][n] for n in seen) for k, r in (("p", plain), ("c", calibrated))
+    }
+    assert share["c"] < share["p"], (plain["pixel_share"], calibrated["pixel_share"])
+    assert json.loads((tmp / "calibrated" / "summary.json").read_text()) == calibrated
+    free = runs["training_free"]
+    assert free["mode"] == "training-free" and free["weights"] is None
+    assert "labels are noise" in free["weights_warning"]
     assert sorted(p.name for p in (tmp / "free").glob("*.png")) == ["0.png", "1.png", "2.png"]

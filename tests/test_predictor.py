@@ -91,22 +91,34 @@ def video(tmp_path_factory, cfg_of):
     return cfg, model, frames, inputs, window_by_window(model, inputs)
 
 
-def count_backbone_batches(model):
-    batches = []
-    forward = model.backbone.forward
+class EncoderPasses:
+    """Batch sizes of every pass of the backbone, of CLIP's image tower (its patch embedding)
+    and of CLIP's text tower while counting; ``remove()`` stops counting."""
 
-    def counting(x):
-        batches.append(x.shape[0])
-        return forward(x)
+    def __init__(self, model):
+        clip = model.clip.model
+        self.backbone: list = []
+        self.clip_image: list = []
+        self.clip_text: list = []
+        self.handles = [
+            module.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(len(args[0])))
+            for module, seen in (
+                (model.backbone, self.backbone),
+                (clip.visual.conv1, self.clip_image),
+                (clip.transformer, self.clip_text),
+            )
+        ]
 
-    model.backbone.forward = counting
-    return batches
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def test_streaming_equals_window_by_window_and_encodes_each_frame_once(video):
     cfg, model, frames, _, expected = video
     predictor = VideoPredictor(cfg, model=model)
-    batches = count_backbone_batches(model)
+    model.clip._text_cache.clear()  # the vocabulary was encoded by the window-by-window run
+    passes = EncoderPasses(model)
     cache_sizes, outputs = [], []
     try:
         predictor.reset(len(frames), frames[-1])
@@ -114,13 +126,15 @@ def test_streaming_equals_window_by_window_and_encodes_each_frame_once(video):
             outputs.append(predictor.push(frame)["sem_seg"])
             cache_sizes.append(len(predictor.cached_frames))
     finally:
-        del model.backbone.forward
+        passes.remove()
     assert len(outputs) == NUM_FRAMES
     for t, (out, ref) in enumerate(zip(outputs, expected)):
         assert out.shape == ref.shape == (len(VOCAB), 64, 96)
         torch.testing.assert_close(out, ref, atol=2e-6, rtol=0, msg=f"frame {t}")
-    # one backbone pass per frame (the last one up front, as the random frame)
-    assert batches == [1] * NUM_FRAMES
+    # one backbone and one CLIP image pass per frame (the last one up front, as the random
+    # frame); the vocabulary once, for the whole video
+    assert passes.backbone == passes.clip_image == [1] * NUM_FRAMES
+    assert passes.clip_text == [len(VOCAB)]
     # the cache holds the reach of the offsets (9 frames) plus the pinned last frame at most
     assert max(cache_sizes) <= max(cfg.INPUT.TEMPORAL.REFERENCE_OFFSETS) + 1
     assert cache_sizes[-1] == 0
@@ -178,14 +192,15 @@ def test_streaming_equals_window_by_window_other_window_layouts(tmp_path, cfg_of
     frames = make_video(7, seed=1)
     expected = window_by_window(model, window_inputs(cfg, write_frames(frames, str(tmp_path))))
     predictor = VideoPredictor(cfg, model=model)
-    batches = count_backbone_batches(model)
+    passes = EncoderPasses(model)
     try:
         outputs = [o["sem_seg"] for o in predictor.run(frames)]
     finally:
-        del model.backbone.forward
+        passes.remove()
     for out, ref in zip(outputs, expected):
         torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
-    assert batches == [1] * 7
+    assert passes.backbone == passes.clip_image == [1] * 7
+    assert passes.clip_text == []  # encoded by the window-by-window run above, cached
     # nothing of a past frame is needed without STCF / multi-frame VTE
     predictor.reset(None)
     predictor.push(frames[0])

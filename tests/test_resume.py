@@ -8,13 +8,16 @@ tests through module fixtures."""
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from detectron2.engine import HookBase, default_argument_parser
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.build import ResumableTrainLoader
-from ov2vss.engine import Trainer, build_step_trainer, setup
+from ov2vss.engine import StepTrainer, Trainer, build_step_trainer, setup
 from ov2vss.errors import SetupError
 from ov2vss.solver import build_lr_scheduler
 
@@ -160,6 +163,22 @@ def test_seed_selects_the_data(parse_args, toy_root, tmp_path):
     )
 
 
+def test_seed_minus_one_is_drawn_stored_and_reused_on_resume(train, toy_root, tmp_path):
+    """SEED -1: a seed is drawn, stored in the checkpoints, and a run resumed with SEED -1
+    continues with it: iteration 3 sees the batch and step seed it saw before the kill."""
+    out = str(tmp_path / "run")
+    killed, losses = train(toy_root, out, crash_at=CRASH_AT, extra=("SEED", "-1"))
+    drawn = killed.seed
+    assert 0 <= drawn < 2**31 and killed.data_loader.seed == drawn
+    ckpt = torch.load(os.path.join(out, "model_0000002.pth"), weights_only=True)
+    assert ckpt["trainer"]["data"]["seed"] == drawn
+    np.random.seed(1)  # what the resumed run draws before it reads the checkpoint: another seed
+    assert np.random.RandomState(1).randint(2**31) != drawn
+    resumed, again = train(toy_root, out, max_iter=CRASH_AT, resume=True, extra=("SEED", "-1"))
+    assert resumed.start_iter == 3 and resumed.seed == resumed.data_loader.seed == drawn
+    assert again == {3: losses[3]}
+
+
 def test_killed_run_resumes_to_the_same_weights(train, uninterrupted, killed, tmp_path, toy_root):
     ref_weights, ref_losses, _ = uninterrupted
     out = copy_run(killed[0], tmp_path)
@@ -260,6 +279,62 @@ def test_amp_trainer_by_device():
     cfg.MODEL.DEVICE = "meta"
     with pytest.raises(SetupError, match="supported on cuda and cpu, not MODEL.DEVICE=meta"):
         build_step_trainer(cfg, model, [], opt)
+
+
+# SAM's ViT-B at a twelfth of its width, its blocks otherwise the same (windows of 14, relative
+# positions): at full width one fp16 step took over a minute on the 2-core test machine (a CPU
+# has no fast fp16 kernels: ~2 GFLOP/s against ~80 in fp32)
+SAM_NARROW = ("MODEL.SAM_VIT.EMBED_DIM", 64, "MODEL.SAM_VIT.NUM_HEADS", 2)
+CUDA_RECIPE_CONFIGS = {
+    "tiny": ("configs/toy/ov2vss_tiny_cpu.yaml", ()),
+    "R-50": ("configs/vspw/ov2vss_R50.yaml", ()),
+    "SAM ViT-B": ("configs/vspw/ov2vss_sam_vitb.yaml", SAM_NARROW),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUDA_RECIPE_CONFIGS))
+def test_fp16_autocast_with_a_gradient_scaler_trains(name, repo_root, random_window):
+    """The CUDA recipe of SOLVER.AMP (fp16 autocast, GradScaler) as far as a CPU shows it: one
+    step of the config's model on a 32x32 window (random weights, CLIP at 32 px, 4 names):
+    finite loss, a gradient on every trainable parameter, finite after unscaling, no skipped
+    step."""
+    path, extra = CUDA_RECIPE_CONFIGS[name]
+    cfg = get_ov2vss_cfg(
+        os.path.join(repo_root, path),
+        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.CLIP.PRETRAINED", "",
+         "MODEL.CLIP.INPUT_SIZE", 32, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *extra],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    model.train_class_texts = ["road", "sky", "car", "tree"]
+    with torch.no_grad():  # a frozen text tower: encoded once, as in training
+        model.clip.encode_vocabulary(model.train_class_texts)
+    # VTE's zero-initialised residuals would block the gradient of the layers before them
+    torch.nn.init.normal_(model.vte.attn.out_proj.weight, std=0.02)
+    torch.nn.init.normal_(model.vte.ffn[-1].weight, std=0.02)
+    window = random_window((32, 32), seed=1, classes=4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.0)  # the step itself is GradScaler's
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = StepTrainer(
+        model, iter([[window]]), optimizer, autocast=("cpu", torch.float16), grad_scaler=scaler
+    )
+    dtypes = set()  # of what the backbone's convolutions and linear layers compute
+    for layer in model.backbone.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            layer.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+    with EventStorage(0) as storage:
+        trainer.storage, trainer.iter = storage, 0
+        trainer.run_step()
+        loss = storage.history("total_loss").latest()
+    assert torch.float16 in dtypes and 0 < loss < 100  # the forward ran under fp16 autocast
+    # every parameter is reached; all but the decoder's last bias, which shifts every class's
+    # logit alike (the softmax ignores it: its exact gradient is 0), get a non-zero gradient
+    assert all(p.grad is not None for p in trainable)
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and not p.grad.any()]
+    assert set(dead) <= {"head.decoder.3.bias"}, f"no gradient reaches {dead}"
+    assert all(torch.isfinite(p.grad).all() for p in trainable)  # unscaled by the step
+    assert scaler.get_scale() == 65536.0  # no inf found: the step was not skipped
 
 
 # ---------------------------------------------------------------------------- accumulation

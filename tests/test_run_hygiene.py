@@ -1,11 +1,12 @@
 """Nothing silently wrong, nothing lost: strict checkpoints, flags among the overrides, stale
 temporary files, checkpoint permissions, and one live run per OUTPUT_DIR."""
 
+import importlib
+import multiprocessing
 import os
 import signal
 import stat
-import subprocess
-import sys
+import time
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from detectron2.modeling import build_model
 
 from ov2vss.checkpoint import OV2VSSCheckpointer
 from ov2vss.checkpoint_io import CheckpointError, atomic_torch_save
-from ov2vss.engine import Trainer, setup
+from ov2vss.engine import Trainer, launch_cli, setup
 from ov2vss.engine.setup import check_overrides, lock_output_dir
 from ov2vss.errors import SetupError
 
@@ -46,22 +47,15 @@ def test_a_mismatched_checkpoint_is_refused_with_the_config_it_needs(wide_checkp
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_eval_only_refuses_a_mismatched_checkpoint_in_one_line(
-    wide_checkpoint, tiny_config_file, run_train_net, tmp_path
-):
-    proc = run_train_net(
-        "--config-file", tiny_config_file, "--eval-only", "MODEL.WEIGHTS", wide_checkpoint,
-        "MODEL.OV2VSS.HIDDEN_DIM", 32, *SMALL, "OUTPUT_DIR", tmp_path, check=False,
+@pytest.fixture(scope="module", autouse=True)
+def eval_only_command(wide_checkpoint, tiny_config_file, start_command, tmp_path_factory):
+    """`python train_net.py --eval-only` with the mismatched checkpoint, a real command line
+    (a fresh process's output), started with the module: its other tests run meanwhile."""
+    return start_command(
+        "python", "train_net.py", "--config-file", tiny_config_file, "--eval-only",
+        "MODEL.WEIGHTS", wide_checkpoint, "MODEL.OV2VSS.HIDDEN_DIM", 32, *SMALL,
+        "OUTPUT_DIR", tmp_path_factory.mktemp("eval_only"),
     )  # fmt: skip
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and wide_checkpoint in errors[0], proc.stderr[-3000:]
-    assert "MODEL.OV2VSS.HIDDEN_DIM: 64 there, 32 here" in errors[0]
-    assert "Skip loading parameter" not in proc.stdout + proc.stderr
-    # third-party notices that do not apply: open_clip's random init (MODEL.CLIP.PRETRAINED ""
-    # asks for it), fvcore's use of torch.jit.script
-    assert "No pretrained weights loaded" not in proc.stderr, proc.stderr[-3000:]
-    assert "torch.jit.script` is deprecated" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_without_a_saved_config_the_hint_names_config_yaml_beside_it(tiny_cfg, tmp_path):
@@ -116,17 +110,18 @@ def test_resume_is_strict(wide_checkpoint, tiny_config_file, tiny_train_opts, to
         trainer.resume_or_load(resume=True)
 
 
-def test_a_flag_among_the_overrides_says_where_it_goes(tiny_config_file, run_train_net, tmp_path):
+def test_a_flag_among_the_overrides_says_where_it_goes(tiny_config_file, tmp_path):
     with pytest.raises(
         SetupError, match="--resume found among the config overrides.*flags go before"
     ):
         check_overrides(["SOLVER.MAX_ITER", "10", "--resume"])
     check_overrides(["SOLVER.MAX_ITER", "10", "MODEL.WEIGHTS", "-1.pth"])
-    proc = run_train_net(
-        "--config-file", tiny_config_file, "OUTPUT_DIR", tmp_path, "--resume", check=False
-    )
-    assert proc.returncode != 0 and "Override list has odd length" not in proc.stderr
-    assert "error: --resume found among the config overrides" in proc.stderr, proc.stderr[-2000:]
+    # train_net.py's main under its launcher, in this process: the one line it exits with
+    train_net = importlib.import_module("train_net")  # pyproject.toml: the checkout's path
+    argv = ["--config-file", tiny_config_file, "OUTPUT_DIR", str(tmp_path), "--resume"]
+    with pytest.raises(SystemExit) as e:
+        launch_cli(train_net.main, default_argument_parser().parse_args(argv))
+    assert str(e.value.code).startswith("error: --resume found among the config overrides")
 
 
 def test_stale_temp_files_are_removed_and_checkpoints_follow_the_umask(
@@ -150,27 +145,48 @@ def test_stale_temp_files_are_removed_and_checkpoints_follow_the_umask(
     assert stat.S_IMODE(os.stat(out / "model.pth").st_mode) == 0o644
 
 
+def _hold_the_lock(output_dir: str, ready) -> None:
+    lock_output_dir(output_dir)
+    ready.send("locked")
+    time.sleep(60)
+
+
 def test_one_live_run_per_output_dir(tmp_path):
     out = str(tmp_path / "run")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time; from ov2vss.engine.setup import lock_output_dir; "
-            f"lock_output_dir({out!r}); print('locked', flush=True); time.sleep(60)"
-        )],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    # another process holding the lock: a fork of this one (no Python start, no imports)
+    ready, child_end = multiprocessing.Pipe()
+    holder = multiprocessing.get_context("fork").Process(
+        target=_hold_the_lock, args=(out, child_end), daemon=True
+    )
+    holder.start()
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert ready.poll(60) and ready.recv() == "locked"
         with pytest.raises(
             SetupError, match=rf"OUTPUT_DIR .*run is in use by another run \(process {holder.pid}\)"
         ):
             lock_output_dir(out)
     finally:
-        holder.send_signal(signal.SIGKILL)  # a crashed run ...
-        holder.wait()
+        os.kill(holder.pid, signal.SIGKILL)  # a crashed run ...
+        holder.join()
     lock_output_dir(out)  # ... leaves no lock behind
 
 
 def test_an_unwritable_output_dir_is_named_before_any_work():
     with pytest.raises(SetupError, match="OUTPUT_DIR /sys/ov2vss_out cannot be written"):
         lock_output_dir("/sys/ov2vss_out")
+
+
+# the command started with the module: last, its other tests ran meanwhile
+def test_eval_only_refuses_a_mismatched_checkpoint_in_one_line(wide_checkpoint, eval_only_command):
+    """The command's one error line (the tests of train_net.py's other errors check them
+    in-process, through the same launcher)."""
+    proc = eval_only_command()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and wide_checkpoint in errors[0], proc.stderr[-3000:]
+    assert "MODEL.OV2VSS.HIDDEN_DIM: 64 there, 32 here" in errors[0]
+    assert "Skip loading parameter" not in proc.stdout + proc.stderr
+    # third-party notices that do not apply: open_clip's random init (MODEL.CLIP.PRETRAINED ""
+    # asks for it), fvcore's use of torch.jit.script
+    assert "No pretrained weights loaded" not in proc.stderr, proc.stderr[-3000:]
+    assert "torch.jit.script` is deprecated" not in proc.stderr, proc.stderr[-3000:]

@@ -1,6 +1,6 @@
 """Streaming evaluation (TEST.STREAMING, ov2vss.evaluation.streaming) against window-by-window
 evaluation (the test loader + the inference mapper): same metrics, every frame encoded once,
-only the frames a window needs, whole videos per process under DDP.
+only the frames a window needs (whole videos per process under DDP: test_distributed.py).
 
 Both paths are compared with oneDNN off (``torch.backends.mkldnn.flags(enabled=False)``):
 window-by-window runs a window's 5 frames through the backbone as one batch, streaming one
@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import subprocess
 import sys
 import uuid
 
@@ -26,7 +25,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import ov2vss.evaluation.streaming as streaming
-from ov2vss.checkpoint import OV2VSSCheckpointer
 from ov2vss.data.datasets.register_cityscapes_video import register_cityscapes_video
 from ov2vss.data.datasets.register_vspw import register_vspw_family
 from ov2vss.data.datasets.register_vspw_toy import register_toy
@@ -39,10 +37,24 @@ VIDEO_LENGTHS = (1, 2, 5, 12)
 CLASSES = ["red circle", "blue star", "green square", "yellow ring", "cyan cross"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def gpu_check_commands(start_command):
+    """tools/gpu_check.sh's dry run and its no-GPU message, as commands started with the
+    module: the streaming tests run meanwhile."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    return {
+        "dry_run": start_command("bash", "tools/gpu_check.sh", "--cpu", "--tiny", env=env),
+        "no_gpu": start_command(
+            "bash", "tools/gpu_check.sh", env=dict(env, CUDA_VISIBLE_DEVICES="")
+        ),
+    }
+
+
 @pytest.fixture(scope="module")
 def setup(toy_root, tiny_cfg, tiny_train_opts, tmp_path_factory):
     """The tiny config on the toy data and one randomly initialised model (its zero-initialised
-    video-text-encoding residuals perturbed, so that every part of the model matters)."""
+    video-text-encoding residuals perturbed, so that every part of the model matters). The toy
+    names point at the small toy data for the module (conftest points them back after)."""
     register_toy(toy_root)
     out = tmp_path_factory.mktemp("stream")
     cfg = tiny_cfg(*tiny_train_opts(toy_root, out, "TEST.VC_WINDOWS", str(VC_WINDOWS)))
@@ -231,52 +243,7 @@ def test_cityscapes_sequences_encode_only_the_frames_of_the_windows(setup, tmp_p
     assert window_batches == [5] * len(CITYSCAPES_ANNOTATED)
 
 
-# ------------------------------------------------------------------ two processes
-
-
-@pytest.fixture(scope="module")
-def two_process_eval(setup, run_train_net, tiny_config_file, tiny_train_opts, toy_root):
-    """`train_net.py --eval-only --num-gpus 2` (CPU processes, gloo) on a checkpoint of the
-    module's model: the one extra multi-process run of this module (~30 s: spawning)."""
-    cfg, model, out = setup
-    OV2VSSCheckpointer(model, str(out / "ckpt"), config=cfg).save("model")
-    ddp_out = out / "ddp"
-    opts = tiny_train_opts(
-        toy_root,
-        ddp_out,
-        "MODEL.WEIGHTS",
-        out / "ckpt" / "model.pth",
-        "TEST.VC_WINDOWS",
-        str(VC_WINDOWS),
-        "DATASETS.TEST",
-        f"('{TOY_SET}',)",
-    )
-    flags = ["--num-gpus", "2", "--dist-url", "auto", "--eval-only"]
-    run_train_net(
-        "--config-file", tiny_config_file, *flags, *opts, env={"CUDA_VISIBLE_DEVICES": ""}
-    )
-    with open(ddp_out / "inference" / TOY_SET / "metrics.json") as f:
-        return json.load(f)["sem_seg"], ddp_out
-
-
-def test_two_processes_evaluate_whole_videos_with_the_metrics_of_one(setup, two_process_eval):
-    cfg, model, out = setup
-    two, ddp_out = two_process_eval
-    with open(ddp_out / "log.txt") as f:
-        log = f.read()
-    assert "World size: 2" in log
-    # the toy validation set's 3 videos: rank 0 evaluates 2 of them, rank 1 the third
-    records = DatasetCatalog.get(TOY_SET)
-    videos = streaming.group_videos(records)
-    owners = streaming.assign_videos([len(v.records) for v in videos], 2)
-    assert sorted(set(owners)) == [0, 1]
-    rank0 = sum(len(v.records) for v, r in zip(videos, owners) if r == 0)
-    assert f"Evaluated {TOY_SET} (process 0 of 2): {rank0}/{rank0} frames" in log
-    # the processes use the default kernels: so does the one-process reference
-    one, _, _, _ = evaluate(cfg, model, TOY_SET, True, out / "one", batch_invariant=False)
-    one = {k: (None if math.isnan(v) else v) for k, v in one.items()}
-    assert set(two) == set(one) and "mVC4" in one
-    assert two == one  # exactly: each frame is computed alike, whichever process streams it
+# (two processes stream whole videos each, with the metrics of one: test_distributed.py)
 
 
 def test_progress_lines_have_the_eta(setup):
@@ -322,24 +289,11 @@ def test_streaming_errors_name_the_problem(setup, vspw_names):
 
 
 # ------------------------------------------------------------------ tools/gpu_check.sh
-
-
-def _gpu_check(repo_root, *args, env=None):
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, **(env or {}))
-    return subprocess.run(
-        ["bash", os.path.join(repo_root, "tools", "gpu_check.sh"), *args],
-        cwd=repo_root,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_gpu_check_dry_run_prints_its_table(repo_root):
-    """The GPU check's dry run on CPU (~20 s: two 3-iteration trainings of the tiny model and
-    a 6-frame video evaluated both ways, in a fresh process)."""
-    proc = _gpu_check(repo_root, "--cpu", "--tiny")
+def test_gpu_check_dry_run_prints_its_table(gpu_check_commands):
+    """The GPU check's dry run on CPU (``bash tools/gpu_check.sh --cpu --tiny``, ~13 s, started
+    with the module): two 3-iteration trainings of the tiny model and a 6-frame video
+    evaluated both ways."""
+    proc = gpu_check_commands["dry_run"]()
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("OV2VSS GPU check: CPU (dry run)") and "48x64" in lines[0]
@@ -356,11 +310,14 @@ def test_gpu_check_dry_run_prints_its_table(repo_root):
     for (phase, _), cells in rows.items():
         assert float(cells[2] if phase == "train" else cells[3]) > 0  # s/iter, frames/s
         assert cells[4] == "-"  # no GPU memory on CPU
-    assert "3 iters" in rows[("train", "fp32")][5]
-    assert "6-frame video" in rows[("eval", "streaming")][5]
+        # the estimated training peak: the tiny model's parameters, gradients and AdamW states
+        # (57 + 3 x 44 MiB) plus activations
+        assert (float(cells[5]) > 190) if phase == "train" else cells[5] == ""
+    assert "3 iters" in rows[("train", "fp32")][6]
+    assert "6-frame video" in rows[("eval", "streaming")][6]
 
 
-def test_gpu_check_without_a_gpu_says_how_to_run_it(repo_root):
-    proc = _gpu_check(repo_root, env={"CUDA_VISIBLE_DEVICES": ""})
+def test_gpu_check_without_a_gpu_says_how_to_run_it(gpu_check_commands):
+    proc = gpu_check_commands["no_gpu"]()
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr and "--cpu" in proc.stderr

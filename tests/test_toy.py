@@ -184,9 +184,19 @@ def test_project_mapper_reads_the_label_maps(registered_toy):
     assert checked > 0
 
 
-def test_register_toy_default_root():
-    meta = MetadataCatalog.get("vspw_toy_val_seen")
-    assert meta.dataset_root == default_toy_root()
+def test_register_toy_default_root(monkeypatch, tmp_path):
+    """Without a root, the toy names point at $DETECTRON2_DATASETS/VSPW_toy, read when
+    register_toy is called (conftest points them back where they were afterwards)."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    root = str(tmp_path / "VSPW_toy")
+    assert default_toy_root() == root
+    names = register_toy()
+    assert len(names) == 4 and all(MetadataCatalog.get(n).dataset_root == root for n in names)
+    # nothing there yet: the records are listed lazily and the error says how to make them
+    with pytest.raises(
+        FileNotFoundError, match=f"dataset root {root} does not exist.*--root {root}"
+    ):
+        DatasetCatalog.get("vspw_toy_val_seen")
 
 
 def test_class_coverage(toy_root):

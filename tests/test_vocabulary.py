@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from detectron2.data import MetadataCatalog
 
 from ov2vss.vocabulary import (
     dataset_vocabulary,
@@ -79,8 +80,23 @@ def test_empty_vocabularies_and_names():
 def test_dataset_vocabulary():
     from ov2vss.data.datasets.register_vspw_toy import TOY_CLASS_NAMES
 
+    # in label-id order (the label maps' ids index it): raw id r is label r - 1 under "all",
+    # the seen protocol keeps the first 28, the unseen one relabels raw 29..36 as 0..7
     vocab = dataset_vocabulary("vspw_toy_val_all")
-    assert vocab == validate_vocabulary(vocab)
-    assert set(vocab) <= set(TOY_CLASS_NAMES) and len(vocab) > 0
+    assert vocab == validate_vocabulary(vocab) == TOY_CLASS_NAMES
+    assert dataset_vocabulary("vspw_toy_val_seen") == TOY_CLASS_NAMES[:28]
+    assert dataset_vocabulary("vspw_toy_val_unseen") == TOY_CLASS_NAMES[28:]
+    # a fixed order, not a set: checkpoints and label maps depend on it
+    assert TOY_CLASS_NAMES[:2] == ["red triangle", "red star"]
+    assert TOY_CLASS_NAMES[28:] == [
+        "red circle", "red square", "green square", "green triangle",
+        "blue triangle", "blue star", "yellow star", "yellow circle",
+    ]  # fmt: skip
+    # class_texts come first; stuff_classes when a dataset has no class_texts
+    MetadataCatalog.get("vocab_test_stuff_only").set(stuff_classes=["b", "a"])
+    try:
+        assert dataset_vocabulary("vocab_test_stuff_only") == ["b", "a"]
+    finally:
+        MetadataCatalog.remove("vocab_test_stuff_only")
     with pytest.raises(ValueError, match="'no_such_dataset' has no class_texts"):
         dataset_vocabulary("no_such_dataset")

@@ -9,7 +9,8 @@ data generated here at the real frame size (480 x 853, VSPW class ids, label map
 
 * training: ``--iters`` (30) iterations, batch 4, crop 480, SOLVER.AMP.ENABLED False and True;
   seconds per iteration (after ``--warmup`` iterations) and peak GPU memory
-  (``torch.cuda.max_memory_allocated``);
+  (``torch.cuda.max_memory_allocated``), beside the peak that docs/BENCHMARKS.md estimates
+  from one- and two-window steps measured on CPU (``ov2vss.engine.training_cost``);
 * evaluation: one ``--eval-frames`` (40) frame video, ``Trainer.test`` with TEST.STREAMING True
   and False; frames per second, peak GPU memory, and the largest metric difference between
   the two modes.
@@ -29,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run sizes: the real one, and the CPU dry run (--cpu --tiny). Columns: config, frame size,
@@ -47,48 +48,6 @@ def preset_for(tiny: bool) -> Dict[str, object]:
     preset = dict(zip(PRESET_FIELDS, PRESETS["tiny" if tiny else "full"]))
     preset["tiny"] = tiny
     return preset
-
-
-def write_synthetic_vspw(root: str, videos: Dict[str, Tuple[str, int]], size: Tuple[int, int]):
-    """VSPW-layout videos ``{name: (split, frames)}``: discs of random VSPW classes (raw ids
-    1..124) moving over a colour gradient, with their raw masks; then the label maps."""
-    import numpy as np
-    from PIL import Image
-
-    from ov2vss.data.prepare_vspw import prepare_vspw
-    from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
-
-    names = get_vspw_class_names()
-    rng = np.random.default_rng(0)
-    h, w = size
-    yy, xx = np.mgrid[:h, :w]
-    palette = rng.integers(0, 256, (len(names) + 1, 3), dtype=np.uint8)
-    splits: Dict[str, List[str]] = {}
-    for video, (split, num_frames) in videos.items():
-        splits.setdefault(split, []).append(video)
-        ids = rng.choice(np.arange(1, len(names) + 1), size=5, replace=False)
-        pos = rng.uniform(0, 1, (5, 2)) * (w, h)
-        vel = rng.normal(0, 0.01, (5, 2)) * (w, h)
-        radius = rng.uniform(0.1, 0.3, 5) * min(h, w)
-        background = np.stack(
-            [xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), np.full_like(xx, 96)], -1
-        )
-        for sub in ("origin", "mask"):
-            os.makedirs(os.path.join(root, "data", video, sub), exist_ok=True)
-        for t in range(num_frames):
-            mask = np.zeros((h, w), np.uint8)
-            for raw, (cx, cy), r in zip(ids, pos + t * vel, radius):
-                mask[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = raw
-            image = np.where(mask[..., None] > 0, palette[mask], background).astype(np.uint8)
-            stem = os.path.join(root, "data", video, "{}", f"{t:05d}")
-            Image.fromarray(image).save(stem.format("origin") + ".jpg", quality=90)
-            Image.fromarray(mask).save(stem.format("mask") + ".png")
-    for split, members in splits.items():
-        with open(os.path.join(root, f"{split}.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(members) + "\n")
-    report = prepare_vspw(root, sorted(splits), names, VSPW_NUM_SEEN)
-    if report.problems:
-        raise RuntimeError("synthetic VSPW data: " + "; ".join(report.problems[:3]))
 
 
 class _StepTimer:
@@ -158,7 +117,30 @@ def measure_training(preset: dict, device: str, out: str, amp: bool) -> Dict[str
     }
     del trainer
     gc.collect()
+    result["estimate_mib"] = estimate_training_peak_mib(preset, out, amp)
     return result
+
+
+def estimate_training_peak_mib(preset: dict, out: str, amp: bool) -> float:
+    """The peak that docs/BENCHMARKS.md estimates for this training run: steps of one and two
+    windows at the full crop measured on CPU (fp32, or bf16 autocast standing for fp16), their
+    activations scaled to the batch, plus parameters, gradients and AdamW's states
+    (ov2vss.engine.training_cost)."""
+    from ov2vss.engine.training_cost import (
+        activation_scaling,
+        estimate_peak_bytes,
+        measure_config_step,
+    )
+
+    cfg = _cfg(preset, "cpu", out, ["SOLVER.AMP.ENABLED", amp, "DATASETS.TEST", ()])
+    (one, two), model = measure_config_step(cfg, cfg.INPUT.CROP.SIZE, amp, windows=(1, 2))
+    del model
+    gc.collect()
+    per_window, constant = activation_scaling(one, two)
+    peak = estimate_peak_bytes(
+        one.param_bytes, one.trainable_bytes, per_window, preset["batch"], constant
+    )
+    return peak / 2**20
 
 
 def measure_evaluation(preset: dict, device: str, out: str) -> Dict[str, Dict[str, float]]:
@@ -239,6 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import ov2vss  # noqa: F401  (registers the model and the datasets)
     from ov2vss.data.datasets.register_vspw import register_vspw_family
+    from ov2vss.data.synthetic_vspw import write_synthetic_vspw
     from ov2vss.data.vspw_classes import VSPW_NUM_SEEN, get_vspw_class_names
 
     # the console shows the table only (Trainer sets up detectron2's logging only when unset);
@@ -277,18 +260,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"frames {h}x{w}, data written in {data_s:.0f} s"
     )
     amp_name = "AMP fp16" if device == "cuda" else "AMP bf16"
-    rows = [["phase", "setting", "s/iter", "frames/s", "peak GPU MiB", "note"]]
+    rows = [["phase", "setting", "s/iter", "frames/s", "peak GPU MiB", "estimate MiB", "note"]]
     for amp, r in train.items():
         rows.append([
             "train", amp_name if amp else "fp32", _fmt(r["s_iter"], ".3f"), "",
-            _fmt(r["peak_mib"], ".0f"),
+            _fmt(r["peak_mib"], ".0f"), _fmt(r["estimate_mib"], ".0f"),
             f"{preset['iters']} iters (first {preset['warmup']} not timed), batch {preset['batch']}",
         ])  # fmt: skip
     for mode, r in evals.items():
         note = f"{preset['eval_frames']}-frame video"
         if "max_diff" in r:
             note += f"; metrics differ from window-by-window by <= {r['max_diff']:.2g}"
-        rows.append(["eval", mode, "", _fmt(r["fps"], ".2f"), _fmt(r["peak_mib"], ".0f"), note])
+        rows.append(["eval", mode, "", _fmt(r["fps"], ".2f"), _fmt(r["peak_mib"], ".0f"), "", note])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,10 +1,13 @@
 """The OV2VSS checkpointer: which checkpoints a model accepts, and what checkpoints hold.
 
-* Where the model must be complete (evaluation, ``--resume``, the demo), loading is strict: a
-  checkpoint whose tensors do not match the model is refused with one error that names the
-  file, the first differing tensors, and the config keys the checkpoint was trained with
-  (:mod:`ov2vss.checkpoint_config`). Initialising training from a backbone file (ImageNet
-  ``.pkl``, SAM) loads the backbone only, and a backbone tensor the file lacks is an error.
+* Where the model must be complete (evaluation, ``--resume``, the demo, ``VideoPredictor``),
+  loading is strict: a checkpoint whose stored config differs from the run's on an
+  architecture key (:mod:`ov2vss.checkpoint_config`), or whose tensors do not match the
+  model, is refused with one error that names the file, each differing key with both values
+  and the first differing tensors — before any tensor is loaded, for ``.pth`` and ``.pkl``
+  files alike. A checkpoint without a stored config is checked on its tensors alone, with a
+  warning. Initialising training from a backbone file (ImageNet ``.pkl``, SAM) loads the
+  backbone only, and a backbone tensor the file lacks is an error.
 * Checkpoints also hold the run's config and the model's training vocabulary
   (``train_class_texts``, beside the tensors, not in the state dict), restored on load for
   calibrated stacking (``MODEL.OV2VSS.SEEN_BIAS``); checkpoints written without it still load.
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
-from .checkpoint_config import config_hint
+from .checkpoint_config import architecture_differences, config_hint, describe_differences
 from .checkpoint_io import (
     CheckpointError,
     atomic_torch_save,
@@ -46,8 +50,8 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
         strict: refuse a checkpoint that does not hold exactly the model's tensors. Without
             it, only the backbone's tensors are required (training from a backbone file).
             ``resume_or_load(resume=True)`` is always strict when it finds a checkpoint.
-        config: the run's config; saved into checkpoints, and compared with a mismatching
-            checkpoint's own config to say which keys differ.
+        config: the run's config; saved into checkpoints, and compared on strict loads with
+            the checkpoint's own config on every architecture key.
     """
 
     def __init__(
@@ -107,9 +111,13 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
                     "it initialises the backbone for training; evaluation and the demo need a "
                     "checkpoint written by train_net.py"
                 )
-        if self._strict_now and not checkpoint.get("matching_heuristics", False):
-            # before loading anything: a partly loaded model must not be used
-            self._check_complete(checkpoint)
+        if self._strict_now:
+            if checkpoint.get("matching_heuristics", False):
+                # detectron2 renames a .pkl's tensors while loading them: rename them here
+                # instead, so that the check below sees what would be loaded
+                self._align_names(checkpoint)
+            # before loading anything: a refused checkpoint leaves the model as it was
+            self._check_before_loading(checkpoint)
         saved_config = checkpoint.get("config")
         incompatible = super()._load_model(checkpoint)
         problems = _Mismatch(
@@ -118,7 +126,7 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
             [(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes],
         )
         if self._strict_now:
-            if problems:
+            if problems:  # (_check_before_loading found none: not expected)
                 raise CheckpointError(self._mismatch_message(problems, saved_config))
         elif not from_sam:  # (SAM's encoder was checked by its converter; the pyramid is new)
             backbone = _Mismatch(
@@ -158,7 +166,46 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
                 "kept as the training vocabulary (and the seen classes of MODEL.OV2VSS.SEEN_BIAS)"
             )
 
-    def _check_complete(self, checkpoint: Dict[str, Any]) -> None:
+    def _align_names(self, checkpoint: Dict[str, Any]) -> None:
+        """Map a detectron2 / Caffe2 file's tensor names onto the model's, as
+        ``DetectionCheckpointer`` does while loading (its name-matching heuristics)."""
+        self._convert_ndarray_to_tensor(checkpoint["model"])
+        checkpoint["model"] = align_and_update_state_dicts(
+            self.model.state_dict(),
+            checkpoint["model"],
+            c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+        )
+        checkpoint["matching_heuristics"] = False  # done
+
+    def _architecture_differences(self, checkpoint: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+        """The architecture keys (:mod:`ov2vss.checkpoint_config`) on which the checkpoint's
+        stored config differs from the run's; none when either config is unknown (a
+        checkpoint without one is loaded on its tensors alone, with a warning)."""
+        if self.config is None:
+            return []
+        saved = checkpoint.get("config")
+        if not saved:
+            self.logger.warning(
+                f"{self._loading} stores no config: only its tensors are checked, not the "
+                "architecture keys that change no tensor shape (docs/GETTING_STARTED.md, "
+                '"Checkpoints from elsewhere, safe and strict loading")'
+            )
+            return []
+        try:
+            diffs, absent = architecture_differences(saved, self.config)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint file {self._loading}: {e}") from e
+        if absent:
+            self.logger.warning(
+                f"{self._loading}'s stored config predates the architecture keys "
+                f"{', '.join(absent)}: not compared"
+            )
+        return diffs
+
+    def _check_before_loading(self, checkpoint: Dict[str, Any]) -> None:
+        """Refuse, before anything is loaded, a checkpoint trained with other architecture
+        keys or whose tensors are not exactly the model's: one error naming all of them."""
+        diffs = self._architecture_differences(checkpoint)
         theirs = {_strip_module(k): v for k, v in checkpoint["model"].items()}
         ours = self.model.state_dict()
         problems = _Mismatch(
@@ -170,6 +217,14 @@ class OV2VSSCheckpointer(DetectionCheckpointer):
                 if k in theirs and tuple(getattr(theirs[k], "shape", ())) != tuple(ours[k].shape)
             ],
         )
+        if diffs:
+            tensors = f"; and {problems.describe()}" if problems else ""
+            raise CheckpointError(
+                f"checkpoint file {self._loading} does not match the model: it was trained with "
+                f"other architecture keys ({describe_differences(diffs)}){tensors}. Evaluate it "
+                "with the config it was trained with (docs/GETTING_STARTED.md, 'Checkpoints "
+                "from elsewhere, safe and strict loading')"
+            )
         if problems:
             raise CheckpointError(self._mismatch_message(problems, checkpoint.get("config")))
 

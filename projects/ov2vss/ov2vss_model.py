@@ -25,7 +25,6 @@ from .modeling.build import build_components
 from .modeling.clip import CLIPAdapter, template_mean
 from .modeling.head import OpenVocabularyHead, TextAlignedAuxHead
 from .modeling.postprocess import (
-    calibrated_stacking,
     check_seen_bias,
     class_probabilities,
     seen_class_mask,
@@ -139,16 +138,9 @@ class OV2VSS(nn.Module):
         self.seen_bias = check_seen_bias(gamma)
 
     def seen_class_mask(self, class_texts: Sequence[str]) -> List[bool]:
-        """Which classes of ``class_texts`` are in the training vocabulary."""
+        """Which classes of ``class_texts`` are in the training vocabulary: the classes
+        calibration biases (and the evaluator's seen-bias sweep, told by ``Trainer.test``)."""
         return seen_class_mask(class_texts, self.train_class_texts)
-
-    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits [B, N, h, w] of the active vocabulary with gamma subtracted from the seen
-        classes (:func:`~ov2vss.modeling.postprocess.calibrated_stacking`)."""
-        if self.seen_bias == 0:
-            return logits
-        mask = self.seen_class_mask(self.active_class_texts)
-        return calibrated_stacking(logits, mask, self.seen_bias)
 
     @contextlib.contextmanager
     def vocabulary(self, class_texts: Sequence[str]) -> Iterator[None]:
@@ -294,10 +286,13 @@ class OV2VSS(nn.Module):
         output_sizes: Sequence[Tuple[int, int]],
     ) -> List[Dict[str, torch.Tensor]]:
         """Decoder logits -> ``[{"sem_seg": [N, H, W]}]`` class probabilities at each output
-        size; with MODEL.OV2VSS.SEEN_BIAS > 0 the seen classes are calibrated first
-        (:meth:`calibrate`; :func:`~ov2vss.modeling.postprocess.class_probabilities`)."""
-        logits = self.calibrate(logits)
-        return class_probabilities(logits, padded_size, image_sizes, output_sizes, self.class_chunk)
+        size; with MODEL.OV2VSS.SEEN_BIAS > 0 the seen classes' logits are calibrated at the
+        output size, before the softmax
+        (:func:`~ov2vss.modeling.postprocess.class_probabilities`)."""
+        seen = self.seen_class_mask(self.active_class_texts) if self.seen_bias else None
+        return class_probabilities(
+            logits, padded_size, image_sizes, output_sizes, self.class_chunk, seen, self.seen_bias
+        )
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict] | Dict[str, torch.Tensor]:
         class_texts = self.active_class_texts

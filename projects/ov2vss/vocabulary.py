@@ -79,8 +79,9 @@ def parse_vocabulary(names: Optional[str] = None, file: Optional[str] = None) ->
     :func:`validate_vocabulary`.
 
     Args:
-        names: comma separated, ``"road, car, person"`` (the demo's ``--vocabulary``); empty
-            entries (``"road,,car,"``) are dropped.
+        names: comma separated, ``"road, car, person"`` (the demo's ``--vocabulary``), or one
+            name per line when it holds several lines (commas then stay inside a name, as in the
+            web app's text box); empty entries (``"road,,car,"``) are dropped.
         file: a UTF-8 text file with one class name per line (the demo's
             ``--vocabulary-file``): commas stay inside a name, ``#`` starts a comment, blank
             lines are dropped.
@@ -102,7 +103,8 @@ def parse_vocabulary(names: Optional[str] = None, file: Optional[str] = None) ->
             raise ValueError(f"vocabulary file {file} is not UTF-8 text: {e}") from e
         source = f"vocabulary file {file}"
     else:
-        vocab = [n.strip() for n in (names or "").split(",")]
+        lines = [line for line in (names or "").splitlines() if line.strip()]
+        vocab = [n.strip() for n in (lines if len(lines) > 1 else (names or "").split(","))]
         source = "--vocabulary"
     return validate_vocabulary([n for n in vocab if n], source)
 

@@ -14,13 +14,17 @@ the streaming predictor both use it.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
+from PIL import Image
 
 __all__ = [
+    "apply_transforms",
+    "augment_window",
     "build_augmentation",
     "build_frame_color_augmentation",
     "WindowColorAugmentation",
@@ -127,3 +131,100 @@ def build_frame_color_augmentation(cfg: CfgNode, is_train: bool) -> Optional[T.A
     if is_train and cfg.INPUT.COLOR_AUG_SSD and cfg.INPUT.COLOR_AUG_PER_FRAME:
         return WindowColorAugmentation(cfg.INPUT.FORMAT)
     return None
+
+
+# ------------------------------------------------------------------ applying a window's draw
+# The same pixels as detectron2's AugInput + AugmentationList / TransformList.apply_image, with
+# less work (docs/BENCHMARKS.md, "Data loader"): the shape-only augmentations are drawn on the
+# frame's shape, and an enlarging bilinear resize followed by a crop computes only the crop.
+_SHAPE_ONLY = (T.ResizeShortestEdge, T.RandomCrop, T.RandomFlip)
+
+
+class _ShapeInput:
+    """Stands in for ``T.AugInput`` while drawing :data:`_SHAPE_ONLY` augmentations, which read
+    only ``image.shape``: follows the shape through their transforms."""
+
+    def __init__(self, shape: Tuple[int, ...]):
+        self._zero = np.zeros((), np.uint8)  # no memory per pixel
+        self.image = np.broadcast_to(self._zero, shape)
+
+    def transform(self, tfm: T.Transform) -> None:
+        h, w = self.image.shape[:2]
+        if isinstance(tfm, T.ResizeTransform):
+            h, w = tfm.new_h, tfm.new_w
+        elif isinstance(tfm, T.CropTransform):  # numpy slicing clips at the border
+            h = len(range(h)[tfm.y0 : tfm.y0 + tfm.h])
+            w = len(range(w)[tfm.x0 : tfm.x0 + tfm.w])
+        elif not isinstance(tfm, (T.HFlipTransform, T.VFlipTransform, T.NoOpTransform)):
+            raise TypeError(f"unexpected transform {tfm} of a shape-only augmentation")
+        self.image = np.broadcast_to(self._zero, (h, w) + self.image.shape[2:])
+
+
+def augment_window(
+    augmentations: T.AugmentationList, image: np.ndarray, sem_seg: Optional[np.ndarray]
+) -> Tuple[T.TransformList, np.ndarray, Optional[np.ndarray]]:
+    """Draw the window's augmentation on the target frame (and label) and apply it to both:
+    the same random draws, transforms and pixels as ``augmentations(T.AugInput(image,
+    sem_seg=sem_seg))``. Returns (transforms, augmented frame, augmented label)."""
+    if not all(type(aug) in _SHAPE_ONLY for aug in augmentations.augs):
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        transforms = augmentations(aug_input)
+        return transforms, aug_input.image, aug_input.sem_seg
+    transforms = augmentations(_ShapeInput(image.shape))
+    label = None if sem_seg is None else transforms.apply_segmentation(sem_seg)
+    return transforms, apply_transforms(transforms, image), label
+
+
+def apply_transforms(transforms: T.TransformList, image: np.ndarray) -> np.ndarray:
+    """``transforms.apply_image(image)``, the same pixels: a resize to the same size is skipped
+    (PIL would copy), and an enlarging bilinear resize of an HxWx3 uint8 frame followed by a
+    crop computes the crop only (:func:`_resize_crop`)."""
+    tfms = list(transforms.transforms)
+    i = 0
+    while i < len(tfms):
+        t, follower = tfms[i], tfms[i + 1] if i + 1 < len(tfms) else None
+        frame = image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        if isinstance(t, T.ResizeTransform) and frame and image.shape[:2] == (t.h, t.w):
+            if (t.h, t.w) == (t.new_h, t.new_w):
+                i += 1
+                continue
+            if _croppable(t, follower):
+                image = _resize_crop(image, t, follower)
+                i += 2
+                continue
+        image = t.apply_image(image)
+        i += 1
+    return image
+
+
+def _croppable(resize: T.ResizeTransform, crop: Optional[T.Transform]) -> bool:
+    return (
+        isinstance(crop, T.CropTransform)
+        and resize.interp == Image.BILINEAR
+        and resize.new_h > resize.h
+        and resize.new_w > resize.w
+        and 0 <= crop.x0 < crop.x0 + crop.w <= resize.new_w
+        and 0 <= crop.y0 < crop.y0 + crop.h <= resize.new_h
+    )
+
+
+def _resize_crop(image: np.ndarray, resize: T.ResizeTransform, crop: T.CropTransform) -> np.ndarray:
+    """PIL's bilinear resize, then the crop, computing only the pixels the crop keeps.
+
+    PIL resizes in two passes through an 8-bit image, rows first (each output row from its
+    input row) then columns (each output column from its input column). So: the row pass only
+    on the input rows the crop's rows need (an enlargement reads rows within +-1.5 of its
+    source position), its columns cropped, and the column pass on those columns (the other
+    rows are zeros that no kept output reads). Checked against the whole resize at random
+    sizes, scales and crops, and at the paper's VSPW scales (tests/test_benchmarks.py). PIL
+    order differs when shrinking, so only enlargements take this path.
+    """
+    h = resize.h
+    scale = h / resize.new_h
+    first = max(int(math.floor(crop.y0 * scale)) - 3, 0)
+    last = min(int(math.ceil((crop.y0 + crop.h) * scale)) + 3, h)
+    rows = Image.fromarray(image[first:last]).resize((resize.new_w, last - first), resize.interp)
+    columns = Image.new("RGB", (crop.w, h))
+    columns.paste(rows.crop((crop.x0, 0, crop.x0 + crop.w, last - first)), (0, first))
+    out = columns.resize((crop.w, resize.new_h), resize.interp)
+    return np.asarray(out.crop((0, crop.y0, crop.w, crop.y0 + crop.h)))

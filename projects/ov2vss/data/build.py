@@ -4,7 +4,10 @@ of an uninterrupted one (docs/GETTING_STARTED.md, "Training at scale")."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import itertools
+import signal
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -16,11 +19,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..seeding import DATA_STREAM, derive_seed, seeded_rng
 
-__all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
+__all__ = ["ResumableTrainLoader", "TrainBatches", "build_resumable_train_loader"]
 
 
 def _as_batch(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return batch  # batches stay lists of dicts (detectron2 convention); no collation
+
+
+def _ignore_signals(signals: Sequence[int], worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: ignore ``signals`` (blocked since the fork, so
+    one sent meanwhile is dropped, not delivered to the handlers inherited from the parent)."""
+    for s in signals:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 class _SeededBatchStream(IterableDataset):
@@ -83,6 +94,48 @@ class _SeededBatchStream(IterableDataset):
             yield [self.sample(first + i * self.world_size) for i in range(per_rank)]
 
 
+def _shut_down_workers(batches: Any) -> None:
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
+    if shutdown is not None:
+        shutdown()
+
+
+class TrainBatches:
+    """The iterator of a :class:`ResumableTrainLoader`: its batches, and :meth:`close`.
+
+    Args:
+        batches: the DataLoader's iterator.
+        close_at_exit: close it when the interpreter exits, if :meth:`close` was not called
+            (loader workers that ignore SIGTERM would keep the exit waiting for them). Until
+            then the workers live on, also when the iterator is dropped: left to the garbage
+            collector, torch's own shutdown can lose its message to them.
+    """
+
+    def __init__(self, batches: Iterator[List[Dict[str, Any]]], close_at_exit: bool = False):
+        self._batches = batches
+        self._at_exit: Optional[Callable[[], None]] = None
+        if close_at_exit:
+            # registered after torch's and multiprocessing's exit handlers, so run before them
+            self._at_exit = functools.partial(_shut_down_workers, batches)
+            atexit.register(self._at_exit)
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> List[Dict[str, Any]]:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Shut the loader worker processes down now (each after the batch it is building),
+        rather than when the iterator is garbage-collected: workers that ignore SIGTERM
+        (``ignore_signals``) would otherwise keep a process from exiting while, e.g., its
+        traceback holds the iterator."""
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
+            self._at_exit = None
+        _shut_down_workers(self._batches)
+
+
 class ResumableTrainLoader:
     """Training batches (lists of mapped dicts, ``IMS_PER_BATCH / world_size`` per process)
     that are a pure function of ``seed`` and the global sample position.
@@ -100,6 +153,11 @@ class ResumableTrainLoader:
             one shared by all processes.
         num_workers: DataLoader worker processes (0: map in the training process).
         shuffle: permute the dataset every epoch (else: dataset order).
+        ignore_signals: signals the worker processes ignore from their start on (the
+            trainer's stop signals: a signal sent to the whole process group, as Ctrl-C and
+            SLURM do, must not kill a worker and so its training process before it saves;
+            :mod:`ov2vss.engine.preemption`). The iterator's :meth:`TrainBatches.close` then
+            shuts them down.
     """
 
     def __init__(
@@ -111,6 +169,7 @@ class ResumableTrainLoader:
         seed: Optional[int] = None,
         num_workers: int = 0,
         shuffle: bool = True,
+        ignore_signals: Sequence[int] = (),
     ):
         world_size = comm.get_world_size()
         if total_batch_size <= 0 or total_batch_size % world_size:
@@ -131,9 +190,10 @@ class ResumableTrainLoader:
         self.seed = comm.shared_random_seed() if seed is None else int(seed)
         self.num_workers = num_workers
         self.shuffle = shuffle
+        self.ignore_signals = tuple(ignore_signals)
         self.start_sample = 0
 
-    def __iter__(self) -> Iterator[List[Dict[str, Any]]]:
+    def __iter__(self) -> TrainBatches:
         stream = _SeededBatchStream(
             self.dataset,
             self.mapper,
@@ -142,14 +202,29 @@ class ResumableTrainLoader:
             self.start_sample,
             self.shuffle,
         )
-        return iter(
-            DataLoader(stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_batch)
+        signals = self.ignore_signals if self.num_workers > 0 else ()
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_as_batch,
+            worker_init_fn=functools.partial(_ignore_signals, signals) if signals else None,
         )
+        # the workers are forked here and inherit the mask; this process gets any signal
+        # that arrived meanwhile when it is unblocked
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            return TrainBatches(iter(loader), close_at_exit=bool(signals))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def build_resumable_train_loader(cfg: CfgNode, mapper: Callable) -> ResumableTrainLoader:
-    """The training loader of ``cfg.DATASETS.TRAIN`` (see :class:`ResumableTrainLoader`);
-    the seed is ``cfg.SEED`` (a shared random one when negative)."""
+def build_resumable_train_loader(
+    cfg: CfgNode, mapper: Callable, ignore_signals: Sequence[int] = ()
+) -> ResumableTrainLoader:
+    """The training loader of ``cfg.DATASETS.TRAIN`` (see :class:`ResumableTrainLoader`,
+    also for ``ignore_signals``); the seed is ``cfg.SEED`` (a shared random one when
+    negative)."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable video "
@@ -162,4 +237,5 @@ def build_resumable_train_loader(cfg: CfgNode, mapper: Callable) -> ResumableTra
         cfg.SOLVER.IMS_PER_BATCH,
         seed=cfg.SEED if cfg.SEED >= 0 else None,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        ignore_signals=ignore_signals,
     )

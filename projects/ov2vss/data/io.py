@@ -13,7 +13,14 @@ import numpy as np
 from detectron2.data import detection_utils as utils
 from PIL import Image
 
-__all__ = ["read_frame", "read_mask", "relabel", "check_same_size", "FrameSizeError"]
+__all__ = [
+    "read_frame",
+    "read_mask",
+    "relabel",
+    "check_label_range",
+    "check_same_size",
+    "FrameSizeError",
+]
 
 
 def _require_file(path: str, what: str) -> None:
@@ -31,10 +38,15 @@ def read_frame(path: str, fmt: str = "RGB") -> np.ndarray:
     """
     _require_file(path, "frame")
     try:
-        image = utils.read_image(path, format=fmt)
+        if fmt not in ("RGB", "BGR"):
+            return np.ascontiguousarray(utils.read_image(path, format=fmt))
+        # detectron2's read_image without its copy of an image already in RGB (convert)
+        with Image.open(path) as image:
+            image = utils._apply_exif_orientation(image)
+            image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as e:  # PIL reports corrupt data with these
         raise ValueError(f"cannot read frame {path}: {e}") from e
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(image if fmt == "RGB" else image[:, :, ::-1])
 
 
 def read_mask(path: str) -> np.ndarray:
@@ -102,13 +114,19 @@ def relabel(
             raw = np.unique(mask[bad]).tolist()
             raise ValueError(f"mask {path} contains raw values not allowed in this dataset: {raw}")
     if num_classes is not None:
-        bad = (labels >= num_classes) & (labels != ignore_label)
-        if bad.any():
-            raise ValueError(
-                f"mask {path} has label values outside the class range [0, {num_classes}) "
-                f"(ignore {ignore_label}): {np.unique(labels[bad]).tolist()}"
-            )
+        check_label_range(labels, path, num_classes, ignore_label)
     return labels
+
+
+def check_label_range(labels: np.ndarray, path: str, num_classes: int, ignore_label: int) -> None:
+    """Every label of ``labels`` (any integer dtype) is in ``[0, num_classes)`` or
+    ``ignore_label``; else ValueError naming ``path`` and the offending values."""
+    bad = (labels >= num_classes) & (labels != ignore_label)
+    if bad.any():
+        raise ValueError(
+            f"mask {path} has label values outside the class range [0, {num_classes}) "
+            f"(ignore {ignore_label}): {np.unique(labels[bad]).tolist()}"
+        )
 
 
 class FrameSizeError(ValueError):

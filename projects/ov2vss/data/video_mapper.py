@@ -24,9 +24,14 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
-from .augmentation import build_augmentation, build_frame_color_augmentation
+from .augmentation import (
+    apply_transforms,
+    augment_window,
+    build_augmentation,
+    build_frame_color_augmentation,
+)
 from .frame_sampling import select_random_frame, window_indices
-from .io import check_same_size, read_frame, read_mask, relabel
+from .io import check_label_range, check_same_size, read_frame, read_mask
 
 __all__ = ["VideoSemSegDatasetMapper"]
 
@@ -244,7 +249,8 @@ class VideoSemSegDatasetMapper:
         self, record: Dict[str, Any], target_img: np.ndarray
     ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """The target's raw mask (read only for ``mask_unseen_pixels``) and its label ids (the
-        label map as stored, range-checked); both None for an unlabelled record at inference."""
+        uint8 label map as stored, range-checked); both None for an unlabelled record at
+        inference."""
         target_path, mask_path = record["file_name"], record.get("sem_seg_file_name")
         if not mask_path and self.is_train:
             raise ValueError(f"training record {target_path} has no sem_seg_file_name")
@@ -252,7 +258,9 @@ class VideoSemSegDatasetMapper:
             return None, None
         label_map = read_mask(mask_path)
         check_same_size(label_map, mask_path, target_img.shape, target_path, "mask")
-        labels = relabel(label_map, None, mask_path, self.num_classes, self.ignore_label)
+        if self.num_classes is not None:  # checked as uint8: no int64 copy of the map
+            check_label_range(label_map, mask_path, self.num_classes, self.ignore_label)
+        labels = label_map
         raw_mask = None
         if self.mask_unseen_pixels:
             raw_path = _raw_mask_path(record)
@@ -315,20 +323,21 @@ class VideoSemSegDatasetMapper:
     ) -> Tuple[Dict[int, np.ndarray], Optional[np.ndarray]]:
         """One augmentation for the window, drawn on the target frame (+ label) and replayed
         on the other frames; returns the augmented frames and label."""
-        # label ids fit in uint8 (the LUT maps into 0..255), which resizes with PIL "nearest"
-        sem_seg = None if labels is None else labels.astype(np.uint8)
-        aug_input = T.AugInput(images[target], sem_seg=sem_seg)
-        transforms = self.augmentations(aug_input)
-        out_images = {target: aug_input.image}
+        # uint8 label ids resize with PIL "nearest"
+        sem_seg = None if labels is None else np.asarray(labels, dtype=np.uint8)
+        transforms, target_img, sem_seg = augment_window(
+            self.augmentations, images[target], sem_seg
+        )
+        out_images = {target: target_img}
         for idx, img in images.items():
             if idx != target:
-                out_images[idx] = transforms.apply_image(img)
+                out_images[idx] = apply_transforms(transforms, img)
         if self.frame_color_augmentation is not None:
             # one photometric draw per frame: the target first, then by frame index
             for idx in [target] + sorted(i for i in out_images if i != target):
                 img = out_images[idx]
                 out_images[idx] = self.frame_color_augmentation.get_transform(img).apply_image(img)
-        return out_images, aug_input.sem_seg
+        return out_images, sem_seg
 
     @staticmethod
     def _to_model_input(
@@ -345,8 +354,12 @@ class VideoSemSegDatasetMapper:
             return torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
         height, width = target_img.shape[:2]
+        # one copy of each frame, straight into the [T, 3, H, W] batch
+        frames = np.empty((len(window),) + images[window[-1]].transpose(2, 0, 1).shape, np.uint8)
+        for slot, i in enumerate(window):
+            frames[slot] = images[i].transpose(2, 0, 1)
         result = {
-            "frames": torch.stack([to_chw(images[i]) for i in window]),
+            "frames": torch.from_numpy(frames),
             "random_frame": to_chw(images[random_index]),
             "height": height,
             "width": width,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import logging
 import os
 from typing import Dict, List
 
@@ -20,6 +21,7 @@ from ..checkpoint_io import require_weights_file
 from ..config import get_ov2vss_cfg
 from ..errors import SetupError
 from ..fileio import remove_stale_temp_files
+from .launch import elastic_restart_count
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -28,7 +30,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
     Before anything is written: a flag among the overrides is refused, OUTPUT_DIR must be
     writable, and the main process locks it (a second live run there is refused); temporary
-    files left by interrupted checkpoint saves are removed.
+    files left by interrupted checkpoint saves are removed. A group that torchrun restarted
+    says that it resumes.
     """
     check_overrides(args.opts)
     cfg = get_ov2vss_cfg(args.config_file, args.opts)
@@ -38,6 +41,11 @@ def setup(args: argparse.Namespace) -> CfgNode:
         remove_stale_temp_files(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ov2vss")
+    restarts = elastic_restart_count()
+    if restarts and args.resume:
+        logging.getLogger(__name__).info(
+            f"torchrun restart {restarts}: resuming from the last checkpoint in {cfg.OUTPUT_DIR}"
+        )
     configure_cpu_threads(cfg)
     prepare_datasets_for_cfg(cfg)
     return cfg

@@ -122,6 +122,22 @@ class StepTrainer(SimpleTrainer):
                 self.optimizer.step()
             self._group_start = None  # zeroed at the next group's first micro-step
 
+    def average_partial_gradients(self) -> None:
+        """Make every process hold the mean of the processes' partial gradients, when the last
+        micro-step (``self.iter``) ran under ``no_sync`` in the middle of a group: a stop on a
+        signal saves them there (:mod:`.preemption`). Resuming from them gives the
+        uninterrupted run's weights up to float rounding (the sum is reduced in another order)."""
+        if self._group_start is None or not isinstance(self.model, DistributedDataParallel):
+            return
+        if self._syncs(self.iter, self.group(self.iter)[1]):
+            return  # DDP has just all-reduced them
+        world_size = torch.distributed.get_world_size()
+        for p in unwrap_model(self.model).parameters():
+            if p.requires_grad:  # a parameter without a gradient yet contributes zeros
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                torch.distributed.all_reduce(grad)
+                p.grad = grad.div_(world_size)
+
     def state_dict(self) -> Dict[str, Any]:
         ret = super().state_dict()
         if self.grad_scaler is not None:

@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import OV2VSSCheckpointer
-from ..data.build import ResumableTrainLoader, build_resumable_train_loader
+from ..data.build import ResumableTrainLoader, TrainBatches, build_resumable_train_loader
 from ..data.video_mapper import VideoSemSegDatasetMapper
 from ..evaluation import VideoSemSegEvaluator
 from ..evaluation.report import write_evaluation_reports
@@ -35,9 +35,22 @@ from ..seeding import MODEL_INIT, TRAIN_STEP, derive_seed, seed_all, seeded_rng
 from ..solver import build_lr_scheduler, build_optimizer
 from ..vocabulary import dataset_vocabulary
 from .distributed import create_ddp_model, sync_model_buffers, unwrap_model
+from .preemption import STOP_SIGNALS, SignalRecorder, StopOnSignalHook
 from .train_step import build_step_trainer
 
 logger = logging.getLogger(__name__)
+
+
+def tell_calibration(evaluator: DatasetEvaluator, model: nn.Module) -> None:
+    """Tell every :class:`VideoSemSegEvaluator` in ``evaluator`` (one, or detectron2's
+    ``DatasetEvaluators``) the model's seen bias and training vocabulary: its seen-bias sweep
+    is then in absolute gamma and biases the classes the model's calibration biases
+    (docs/METRICS.md, "Seen-class calibration")."""
+    for ev in getattr(evaluator, "_evaluators", None) or [evaluator]:
+        if isinstance(ev, VideoSemSegEvaluator):
+            ev.set_calibration(
+                getattr(model, "seen_bias", 0.0), getattr(model, "train_class_texts", None)
+            )
 
 
 class StepSeedHook(HookBase):
@@ -85,10 +98,25 @@ class Trainer(DefaultTrainer):
         self._samples_seen = 0  # global position of the data stream
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self._stop_signals = SignalRecorder()
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> List[HookBase]:
-        return [StepSeedHook()] + super().build_hooks()
+        stop = StopOnSignalHook(self._stop_signals, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        return stop.insert([StepSeedHook()] + super().build_hooks())
+
+    def train(self):
+        """detectron2's training loop, which SIGTERM, SIGINT and SIGUSR1 stop at an iteration
+        boundary with a checkpoint (:mod:`.preemption`); the loader workers are shut down
+        however it ends."""
+        with self._stop_signals.installed():
+            try:
+                return super().train()
+            finally:
+                batches = self._trainer._data_loader_iter_obj
+                self._trainer._data_loader_iter_obj = None
+                if isinstance(batches, TrainBatches):
+                    batches.close()
 
     def resume_or_load(self, resume: bool = True) -> None:
         """As in DefaultTrainer; a resumed run also continues the data stream and seeds."""
@@ -136,7 +164,9 @@ class Trainer(DefaultTrainer):
     # ------------------------------------------------------------------ OV2VSS parts
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
-        return build_resumable_train_loader(cfg, VideoSemSegDatasetMapper(cfg, True))
+        # the loader workers leave stop signals to the training process (.preemption)
+        mapper = VideoSemSegDatasetMapper(cfg, True)
+        return build_resumable_train_loader(cfg, mapper, ignore_signals=STOP_SIGNALS)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -147,13 +177,18 @@ class Trainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
+        """The video evaluator, calibrated as a model built from ``cfg`` is (its SEEN_BIAS,
+        DATASETS.TRAIN's vocabulary); :meth:`test` tells it the model's own."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        train = cfg.DATASETS.TRAIN
         return VideoSemSegEvaluator(
             dataset_name,
             distributed=True,
             output_dir=output_folder,
             vc_windows=cfg.TEST.VC_WINDOWS,
             dump_predictions=cfg.TEST.DUMP_PREDICTIONS,
+            seen_bias=cfg.MODEL.OV2VSS.SEEN_BIAS,
+            train_class_texts=dataset_vocabulary(train[0]) if train else None,
         )
 
     @classmethod
@@ -174,13 +209,16 @@ class Trainer(DefaultTrainer):
         """Evaluate every DATASETS.TEST entry, each with its own vocabulary (open vocabulary):
         video by video with every frame encoded once (TEST.STREAMING, docs/METRICS.md), or
         window by window through :meth:`build_test_loader`. ``report.png`` is drawn beside
-        every ``metrics.json`` written (:func:`write_evaluation_reports`)."""
+        every ``metrics.json`` written (:func:`write_evaluation_reports`). Each
+        :class:`VideoSemSegEvaluator` is told the model's calibration first
+        (:func:`tell_calibration`)."""
         sync_model_buffers(model)  # every process evaluates rank 0's BN statistics
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
             evaluator = (
                 evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
             )
+            tell_calibration(evaluator, unwrap_model(model))
             with unwrap_model(model).vocabulary(dataset_vocabulary(name)):
                 if cfg.TEST.STREAMING:
                     results[name] = inference_on_videos(model, cfg, name, evaluator)

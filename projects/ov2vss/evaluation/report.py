@@ -4,7 +4,8 @@ Left: the IoU of every class present in the ground truth as horizontal bars, bes
 seen and unseen classes in two colours, with the group means as dashed lines (the figure
 grows with the number of classes, so VSPW's 124 names stay readable). Right, where the
 evaluator ran the seen-bias sweep (:mod:`ov2vss.evaluation.seen_bias`): the seen–unseen mIoU
-curve with its AUSUC, and mIoU-seen / mIoU-unseen / hIoU against the seen bias gamma.
+curve with its AUSUC, and mIoU-seen / mIoU-unseen / hIoU against the absolute seen bias gamma
+(the evaluated model's own gamma marked).
 
 Drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global backend
 change), so it works on headless machines whatever ``MPLBACKEND`` says. The evaluator only
@@ -217,9 +218,11 @@ def _draw_sweep(fig, sweep: Mapping[str, Any], left: float, width: float, height
     ax = fig.add_axes([x0, top - panel_h - 0.45 / height, w, panel_h])
     xs, ys = zip(*[point(r) for r in curve])
     ax.plot(xs, ys, "-", color="#444444", linewidth=1.2, marker=".", markersize=3)
-    zero = [r for r in rows if r["bias"] == 0]
-    if zero:
-        ax.plot(*point(zero[0]), "o", color=SEEN_COLOR, markersize=7, label="gamma = 0")
+    applied = sweep.get("seen_bias_applied", 0.0)  # the evaluated model's own gamma
+    own = [r for r in rows if r["bias"] == applied]
+    if own:
+        label = f"this evaluation (gamma = {applied:g})"
+        ax.plot(*point(own[0]), "o", color=SEEN_COLOR, markersize=7, label=label)
     best = [r for r in rows if _finite(best_bias) and r["bias"] == best_bias]
     if best:
         ax.plot(
@@ -250,10 +253,13 @@ def _draw_sweep(fig, sweep: Mapping[str, Any], left: float, width: float, height
     ):
         values = [r[key] if _finite(r[key]) else math.nan for r in rows]
         ax2.plot(biases, values, style, color=c, linewidth=1.5, label=key)
-    ax2.axvline(0, color="#999999", linewidth=0.8)
+    ax2.axvline(applied, color="#999999", linewidth=0.8)
     if best:
         ax2.axvline(best_bias, color="#2ca02c", linestyle="--", linewidth=1)
-    ax2.set_xlabel("seen bias gamma (subtracted from seen log-probabilities)", fontsize=9)
+    ax2.set_xlabel(
+        "seen bias gamma, absolute (MODEL.OV2VSS.SEEN_BIAS; grey line: this evaluation's)",
+        fontsize=9,
+    )
     ax2.set_ylabel("%", fontsize=9)
     ax2.set_ylim(bottom=0)
     ax2.tick_params(labelsize=8)

@@ -6,28 +6,40 @@ segmentation) labels a pixel with ``argmax_c (log p_c - gamma * [c is seen])``: 
 moves pixels from seen to unseen classes, gamma < 0 the other way. docs/METRICS.md explains
 how to read the curve; ``MODEL.OV2VSS.SEEN_BIAS`` applies one gamma at inference.
 
+Two notions must not be mixed up (docs/METRICS.md, "Seen-class calibration"): the classes the
+sweep *biases* are those calibration biases (the model's training vocabulary,
+``biased_classes``), while ``mIoU-seen`` / ``mIoU-unseen`` average over the dataset's groups
+(``seen_classes`` / ``unseen_classes``).
+
+The gammas are absolute: the scores may already be calibrated by the model with
+``applied_bias`` (its SEEN_BIAS), so the row at gamma applies ``gamma - applied_bias`` to them,
+and the row at the model's own gamma is the plain result (the grid always holds it).
+
 :class:`SeenBiasSweep` accumulates, from the probabilities the evaluator already receives,
-the confusion matrix of every gamma of a grid — without a second forward pass and without
-storing per-pixel scores. Per pixel only two candidates exist for any gamma: the best seen
-class ``a_s`` (log-probability ``l_s``) and the best other class ``a_o`` (``l_o``). The pixel
-takes ``a_s`` exactly when ``l_s - l_o > gamma`` (ties: the lower class index, as ``argmax``
-breaks them), so over a sorted grid it takes ``a_s`` for the first ``K`` values and ``a_o``
-for the rest. Each pixel adds one count to ``pos[K, gt, a_s]`` and one to ``neg[K, gt, a_o]``;
-the confusion matrix at the k-th gamma is ``sum_K neg[K] + sum_{K > k} (pos[K] - neg[K])``.
-The cost per pixel does not depend on the grid size; the state is two ``(G+1) x N x N``
-count arrays.
+the IoU counts of every gamma of a grid — without a second forward pass and without storing
+per-pixel scores. Per pixel only two candidates exist for any gamma: the best biased class
+``a_s`` (log-probability ``l_s``) and the best other class ``a_o`` (``l_o``). The pixel takes
+``a_s`` exactly when ``l_s - l_o > gamma - applied_bias`` (ties: the lower class index, as
+``argmax`` breaks them), so over a sorted grid it takes ``a_s`` for the first ``K`` values and
+``a_o`` for the rest. Every IoU needs, per gamma and class, only the true positives and the
+predicted count (the ground-truth count does not depend on gamma); so each pixel adds one to
+``pred_s[K, a_s]`` and ``pred_o[K, a_o]``, and one to ``tp_s[K, a_s]`` / ``tp_o[K, a_o]`` when
+that candidate is its ground truth. At the k-th gamma a count is ``sum_{K > k} (.)_s[K] +
+sum_{K <= k} (.)_o[K]``. The state is four ``(G+1) x N`` arrays and the ground-truth counts
+(82 x 1000 names: 2.6 MB), whatever the vocabulary size.
 
 The default grid is gamma = -20, -19.5, ..., 20. It reaches the plateau on both sides in
 practice: a pixel changes its label at gamma = l_s - l_o, and a pixel whose best unseen class
 is e^20 (~5e8) times less likely than its best seen class is almost never labelled right by
 flipping it. The exact limits are added as the curve's end points: gamma -> -inf (every
-pixel takes its best seen class, unseen mIoU 0) and gamma -> +inf (every pixel takes its best
-non-seen class, seen mIoU 0).
+pixel takes its best biased class) and gamma -> +inf (every pixel takes its best other class).
 
 Metrics (percent, the evaluator's definitions: means over the classes present in the GT):
 
 * ``seen_bias_sweep``: one row per gamma of the grid, ``{bias, mIoU-seen, mIoU-unseen,
-  hIoU}``; the row at gamma = 0 is the evaluator's plain mIoU-seen / mIoU-unseen / hIoU.
+  hIoU}``; the row at gamma = ``seen_bias_applied`` is the evaluator's plain mIoU-seen /
+  mIoU-unseen / hIoU.
+* ``seen_bias_applied``: the gamma the model applied to the scores (0: none).
 * ``seen_bias_limits``: the rows of the two end points ("-inf", "+inf").
 * ``AUSUC``: area under the seen–unseen mIoU curve, as Chao et al.'s AUSUC for accuracy: the
   points (mIoU-unseen, mIoU-seen) as fractions, in gamma order from the -inf end point through
@@ -53,8 +65,21 @@ __all__ = ["DEFAULT_SEEN_BIAS_GRID", "SeenBiasSweep", "group_mious", "ausuc"]
 # gamma = -20, -19.5, ..., 20 (module docstring: why it reaches the plateau)
 DEFAULT_SEEN_BIAS_GRID: Tuple[float, ...] = tuple(float(x) / 2 for x in range(-40, 41))
 
-# pixels buffered before one bincount (bounds the buffer to ~64 MB of indices)
-_FLUSH_PIXELS = 4_000_000
+_COUNTS = ("pred_s", "tp_s", "pred_o", "tp_o")
+
+
+def _group_mious(
+    tp: np.ndarray, gt: np.ndarray, pred: np.ndarray, seen: Sequence[int], unseen: Sequence[int]
+) -> Tuple[float, float, float]:
+    """(mIoU-seen, mIoU-unseen, hIoU) in percent from per-class true positives, GT and
+    predicted counts (IoU = tp / (gt + pred - tp), means over the group's classes in the GT)."""
+    tp, gt, pred = (np.asarray(x, np.float64) for x in (tp, gt, pred))
+    present = gt > 0
+    iou = np.full(gt.shape[0], np.nan)
+    iou[present] = tp[present] / (gt + pred - tp)[present]
+    s = 100 * mean(iou[list(seen)][present[list(seen)]])
+    u = 100 * mean(iou[list(unseen)][present[list(unseen)]])
+    return s, u, harmonic_mean(s, u)
 
 
 def group_mious(
@@ -62,15 +87,7 @@ def group_mious(
 ) -> Tuple[float, float, float]:
     """(mIoU-seen, mIoU-unseen, hIoU) in percent of a [GT, prediction] confusion matrix, as
     the evaluator defines them (IoU means over the group's classes present in the GT)."""
-    tp = conf.diagonal().astype(np.float64)
-    pos_gt = conf.sum(axis=1).astype(np.float64)
-    pos_pred = conf.sum(axis=0).astype(np.float64)
-    present = pos_gt > 0
-    iou = np.full(conf.shape[0], np.nan)
-    iou[present] = tp[present] / (pos_gt + pos_pred - tp)[present]
-    s = 100 * mean(iou[list(seen)][present[list(seen)]])
-    u = 100 * mean(iou[list(unseen)][present[list(unseen)]])
-    return s, u, harmonic_mean(s, u)
+    return _group_mious(conf.diagonal(), conf.sum(axis=1), conf.sum(axis=0), seen, unseen)
 
 
 def ausuc(points: Sequence[Tuple[float, float]]) -> float:
@@ -113,15 +130,19 @@ def _group_max(
 
 
 class SeenBiasSweep:
-    """Confusion matrices of calibrated stacking for a grid of seen biases (module docstring).
+    """IoU counts of calibrated stacking for a grid of seen biases (module docstring).
 
     Args:
         num_classes: N, the vocabulary size (scores are [N, H, W]).
-        seen_classes: label ids of the seen classes (biased by gamma).
-        unseen_classes: label ids of the unseen classes (mIoU-unseen); classes in neither
-            list are not biased and enter no group mean.
-        biases: the grid of gamma values (finite; sorted and de-duplicated here).
+        seen_classes / unseen_classes: label ids of the groups averaged into mIoU-seen /
+            mIoU-unseen (classes in neither enter no group mean).
+        biases: the grid of absolute gamma values (finite; sorted and de-duplicated here,
+            ``applied_bias`` added).
         ignore_label: GT value of pixels that are not scored.
+        biased_classes: label ids of the classes calibration lowers by gamma (the model's
+            training vocabulary); None: ``seen_classes``.
+        applied_bias: the gamma the model already subtracted from the biased classes of the
+            scores it gives (its MODEL.OV2VSS.SEEN_BIAS); rows stay absolute.
 
     Usage: :meth:`process` every frame, :meth:`state` / :meth:`merge` to combine processes,
     :meth:`results` for the metrics.
@@ -134,36 +155,47 @@ class SeenBiasSweep:
         unseen_classes: Sequence[int],
         biases: Sequence[float] = DEFAULT_SEEN_BIAS_GRID,
         ignore_label: int = 255,
+        *,
+        biased_classes: Optional[Sequence[int]] = None,
+        applied_bias: float = 0.0,
     ):
         self.num_classes = int(num_classes)
         self.seen = sorted({int(c) for c in seen_classes})
         self.unseen = sorted({int(c) for c in unseen_classes})
-        bad = [c for c in self.seen + self.unseen if not 0 <= c < self.num_classes]
+        biased = self.seen if biased_classes is None else biased_classes
+        self.biased = sorted({int(c) for c in biased})
+        bad = [c for c in self.seen + self.unseen + self.biased if not 0 <= c < self.num_classes]
         if bad:
             raise ValueError(f"class ids outside [0, {self.num_classes}): {bad}")
-        self.others = sorted(set(range(self.num_classes)) - set(self.seen))
-        self._seen_runs, self._other_runs = _runs(self.seen), _runs(self.others)
-        if not self.seen or not self.others:
+        self.others = sorted(set(range(self.num_classes)) - set(self.biased))
+        self._biased_runs, self._other_runs = _runs(self.biased), _runs(self.others)
+        if not self.biased or not self.others:
             raise ValueError(
-                "the seen-bias sweep needs at least one seen and one other class, got "
-                f"seen {self.seen} of {self.num_classes} classes"
+                "the seen-bias sweep needs at least one biased (seen) and one other class, got "
+                f"biased classes {self.biased} of {self.num_classes}"
             )
-        grid = sorted({float(b) for b in biases})
-        if not grid or not all(math.isfinite(b) for b in grid):
-            raise ValueError(f"seen-bias grid must be non-empty and finite, got {list(biases)}")
+        self.applied_bias = float(applied_bias)
+        grid = sorted({float(b) for b in biases} | {self.applied_bias})
+        if not all(math.isfinite(b) for b in grid):
+            raise ValueError(f"seen-bias grid must be finite, got {list(biases)}, {applied_bias}")
         self.biases = np.array(grid, np.float64)
+        # what each gamma still applies to the scores, which carry applied_bias already
+        self._offsets = self.biases - self.applied_bias
         self.ignore_label = int(ignore_label)
         self.invalid: Optional[str] = None  # why the scores could not be used, if so
         self.reset()
 
     # ------------------------------------------------------------------ accumulation
     def reset(self) -> None:
-        shape = (len(self.biases) + 1, self.num_classes, self.num_classes)
-        self._pos = np.zeros(shape, np.int64)
-        self._neg = np.zeros(shape, np.int64)
-        self._pending: List[Tuple[np.ndarray, np.ndarray]] = []
-        self._pending_pixels = 0
+        shape = (len(self.biases) + 1, self.num_classes)
+        self._counts = {name: np.zeros(shape, np.int64) for name in _COUNTS}
+        self._gt = np.zeros(self.num_classes, np.int64)
         self.invalid = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the accumulated state (independent of the number of pixels)."""
+        return sum(c.nbytes for c in self._counts.values()) + self._gt.nbytes
 
     def process(
         self,
@@ -193,7 +225,7 @@ class SeenBiasSweep:
             raise ValueError(
                 f"scores {tuple(scores.shape)} and GT {tuple(gt.shape)} differ in size"
             )
-        best_s, arg_s = _group_max(scores, self._seen_runs)
+        best_s, arg_s = _group_max(scores, self._biased_runs)
         best_o, arg_o = _group_max(scores, self._other_runs)
         if not log_probs:
             # max and min propagate NaN: one reduction each, no copy of the scores
@@ -209,87 +241,85 @@ class SeenBiasSweep:
         ls, lo = best_s[valid], best_o[valid]
         a_s, a_o = arg_s[valid], arg_o[valid]
         with np.errstate(invalid="ignore"):
-            gap = ls - lo  # the pixel takes a_s for every gamma below the gap
+            gap = ls - lo  # the pixel takes a_s for every offset below the gap
         tie_to_seen = a_s < a_o
         count = np.where(
             tie_to_seen,
-            np.searchsorted(self.biases, gap, side="right"),  # gamma <= gap
-            np.searchsorted(self.biases, gap, side="left"),  # gamma < gap
+            np.searchsorted(self._offsets, gap, side="right"),  # offset <= gap
+            np.searchsorted(self._offsets, gap, side="left"),  # offset < gap
         )
         both_minus_inf = np.isnan(gap)  # -inf - -inf: a tie at every gamma
         count[both_minus_inf] = np.where(tie_to_seen[both_minus_inf], len(self.biases), 0)
-        n = self.num_classes
-        base = (count * n + labels) * n
-        self._pending.append((base + a_s, base + a_o))
-        self._pending_pixels += labels.size
-        if self._pending_pixels >= _FLUSH_PIXELS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        size = self._pos.size
-        pos = np.concatenate([p for p, _ in self._pending])
-        neg = np.concatenate([q for _, q in self._pending])
-        self._pos += np.bincount(pos, minlength=size).reshape(self._pos.shape)
-        self._neg += np.bincount(neg, minlength=size).reshape(self._neg.shape)
-        self._pending, self._pending_pixels = [], 0
+        n, size = self.num_classes, self._counts["pred_s"].size
+        shape = self._counts["pred_s"].shape
+        for name, candidate in (("s", a_s), ("o", a_o)):
+            index = count * n + candidate
+            self._counts[f"pred_{name}"] += np.bincount(index, minlength=size).reshape(shape)
+            hit = index[candidate == labels]
+            self._counts[f"tp_{name}"] += np.bincount(hit, minlength=size).reshape(shape)
+        self._gt += np.bincount(labels, minlength=n)
 
     # ------------------------------------------------------------------ processes
     def state(self) -> Dict[str, Any]:
-        """What one process sends to the main one: the counts, sparse (most are zero)."""
-        self._flush()
-        state: Dict[str, Any] = {"biases": self.biases.tolist(), "invalid": self.invalid}
-        for name, counts in (("pos", self._pos), ("neg", self._neg)):
-            flat = counts.ravel()
-            nonzero = np.flatnonzero(flat)
-            state[name] = (nonzero, flat[nonzero])
+        """What one process sends to the main one: the grid and the counts."""
+        state: Dict[str, Any] = {
+            "biases": self.biases.tolist(),
+            "applied_bias": self.applied_bias,
+            "biased": list(self.biased),
+            "invalid": self.invalid,
+            "gt": self._gt,
+        }
+        state.update(self._counts)
         return state
 
     def merge(self, states: Iterable[Dict[str, Any]]) -> None:
         """Add the counts of other processes' :meth:`state` (same grid and classes)."""
-        self._flush()
         for state in states:
-            if list(state["biases"]) != self.biases.tolist():
-                raise ValueError("cannot merge seen-bias sweeps over different grids")
+            if (
+                list(state["biases"]) != self.biases.tolist()
+                or state["applied_bias"] != self.applied_bias
+                or list(state["biased"]) != self.biased
+            ):
+                raise ValueError(
+                    "cannot merge seen-bias sweeps over different grids or biased classes"
+                )
             if state["invalid"] is not None and self.invalid is None:
                 self.invalid = state["invalid"]
-            for name, counts in (("pos", self._pos), ("neg", self._neg)):
-                index, values = state[name]
-                np.add.at(counts.reshape(-1), index, values)
+            for name in _COUNTS:
+                self._counts[name] += state[name]
+            self._gt += state["gt"]
 
     # ------------------------------------------------------------------ metrics
-    def confusion_matrices(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """([G, N, N] confusion matrix at every gamma of the grid, the gamma -> -inf matrix,
-        the gamma -> +inf matrix); rows GT, columns prediction."""
-        self._flush()
-        diff = self._pos - self._neg
-        # above[j] = sum_{K >= j} diff[K]; the k-th gamma keeps a_s where K > k
-        above = diff[::-1].cumsum(axis=0)[::-1]
-        all_other = self._neg.sum(axis=0)
-        return all_other[None] + above[1:], self._pos.sum(axis=0), all_other
+    def _at_every_gamma(self, name: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Count ``name`` ("pred" or "tp") per class at every gamma of the grid [G, N], at
+        gamma -> -inf (every pixel its best biased class) and at +inf (its best other)."""
+        s, o = self._counts[f"{name}_s"], self._counts[f"{name}_o"]
+        # the k-th gamma: a_s where K > k, a_o where K <= k
+        below_s, below_o = s.cumsum(axis=0), o.cumsum(axis=0)
+        per_gamma = (below_s[-1] - below_s[:-1]) + below_o[:-1]
+        return per_gamma, below_s[-1], below_o[-1]
 
     def results(self) -> Optional[Dict[str, Any]]:
         """The metrics of the module docstring (percent), or None when :attr:`invalid` or no
         pixel was processed."""
-        if self.invalid is not None:
+        if self.invalid is not None or int(self._gt.sum()) == 0:
             return None
-        per_bias, minus_inf, plus_inf = self.confusion_matrices()
-        if int(plus_inf.sum()) == 0:
-            return None
+        pred, pred_minus, pred_plus = self._at_every_gamma("pred")
+        tp, tp_minus, tp_plus = self._at_every_gamma("tp")
 
-        def row(conf: np.ndarray) -> Dict[str, float]:
-            s, u, h = group_mious(conf, self.seen, self.unseen)
+        def row(t: np.ndarray, p: np.ndarray) -> Dict[str, float]:
+            s, u, h = _group_mious(t, self._gt, p, self.seen, self.unseen)
             return {"mIoU-seen": s, "mIoU-unseen": u, "hIoU": h}
 
-        sweep = [dict(bias=float(b), **row(c)) for b, c in zip(self.biases, per_bias)]
-        limits = {"-inf": row(minus_inf), "+inf": row(plus_inf)}
+        sweep = [dict(bias=float(b), **row(t, p)) for b, t, p in zip(self.biases, tp, pred)]
+        limits = {"-inf": row(tp_minus, pred_minus), "+inf": row(tp_plus, pred_plus)}
         curve = [limits["-inf"]] + sweep + [limits["+inf"]]
         area = ausuc([(p["mIoU-seen"], p["mIoU-unseen"]) for p in curve])
         candidates = [r for r in sweep if r["bias"] >= 0 and not math.isnan(r["hIoU"])]
         best = max(candidates, key=lambda r: (r["hIoU"], -r["bias"])) if candidates else None
         return {
             "seen_bias_sweep": sweep,
+            "seen_bias_applied": self.applied_bias,
             "seen_bias_limits": limits,
             "AUSUC": area,
             "hIoU-best": best["hIoU"] if best else math.nan,

@@ -25,6 +25,8 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from ..data.io import check_same_size
+from ..modeling.postprocess import check_seen_bias, seen_class_mask
+from ..vocabulary import dataset_vocabulary
 from .ground_truth import check_label_lut, read_label_map, read_raw_mask
 from .metrics import confusion_matrix, json_safe, segmentation_metrics
 from .prediction_dump import PredictionDump, write_predictions
@@ -52,6 +54,11 @@ class VideoSemSegEvaluator(DatasetEvaluator):
     the seen-bias sweep goes to ``metrics.json`` under ``seen_bias`` and to
     :attr:`sweep_results`. Definitions: docs/METRICS.md.
 
+    The sweep is in absolute gamma and biases the classes calibration biases: tell the
+    evaluator the model's ``seen_bias`` and training vocabulary (``train_class_texts``, or
+    :meth:`set_calibration`, as ``Trainer.test`` does). Untold, it assumes uncalibrated scores
+    (gamma 0) and biases the metadata's ``seen_classes``.
+
     The ground truth is each record's ``sem_seg_file_name``, a label map in the dataset's
     label space, read exactly as SemSegEvaluator reads it; video consistency compares the raw
     masks (``raw_sem_seg_file_name``, the label map where a record has none), checked against
@@ -72,6 +79,8 @@ class VideoSemSegEvaluator(DatasetEvaluator):
         *,
         vc_windows: Sequence[int] = (8, 16),
         dump_predictions: bool = False,
+        seen_bias: float = 0.0,
+        train_class_texts: Optional[Sequence[str]] = None,
     ):
         """
         Args:
@@ -86,6 +95,7 @@ class VideoSemSegEvaluator(DatasetEvaluator):
             vc_windows: window lengths n of the video-consistency metrics ``mVC<n>``.
             dump_predictions: also write detectron2-style per-frame RLE predictions
                 (large on VSPW; off by default).
+            seen_bias, train_class_texts: see :meth:`set_calibration`.
         """
         self._logger = logging.getLogger(__name__)
         self.dataset_name = dataset_name
@@ -118,6 +128,28 @@ class VideoSemSegEvaluator(DatasetEvaluator):
         self._map_dtype = map_dtype(self._num_classes, self._ignore_label)
         self._cpu_device = torch.device("cpu")
         self._clear_outputs()
+        self.set_calibration(seen_bias, train_class_texts)  # (resets)
+
+    def set_calibration(
+        self, seen_bias: float = 0.0, train_class_texts: Optional[Sequence[str]] = None
+    ) -> None:
+        """What the model's calibration did to the scores, for the seen-bias sweep: it
+        subtracted ``seen_bias`` (MODEL.OV2VSS.SEEN_BIAS) from the classes whose text is in
+        ``train_class_texts`` (the model's training vocabulary, compared as
+        :func:`~ov2vss.modeling.postprocess.seen_class_mask` compares them). None: the
+        metadata's ``seen_classes`` are the biased ones. Resets the evaluator."""
+        self.seen_bias = check_seen_bias(seen_bias)
+        if train_class_texts is None:
+            self.biased_classes = list(self.seen_classes)
+        else:
+            mask = seen_class_mask(dataset_vocabulary(self.dataset_name), train_class_texts)
+            self.biased_classes = [i for i, seen in enumerate(mask) if seen]
+            if self.seen_classes and self.unseen_classes and not 0 < sum(mask) < len(mask):
+                self._logger.info(
+                    f"no seen-bias sweep on '{self.dataset_name}': {sum(mask)} of its "
+                    f"{len(mask)} classes are in the model's training vocabulary, so "
+                    "calibration cannot change its labels"
+                )
         self.reset()
 
     def _clear_outputs(self) -> None:
@@ -256,7 +288,7 @@ class VideoSemSegEvaluator(DatasetEvaluator):
             sweep_line = (
                 f"\nseen-bias sweep: AUSUC {sweep['AUSUC']:.2f}, hIoU-best "
                 f"{sweep['hIoU-best']:.2f} at seen bias {sweep['seen-bias-best']:g} "
-                f"(hIoU {res['hIoU']:.2f} at 0)"
+                f"(hIoU {res['hIoU']:.2f} at {self.seen_bias:g}, this evaluation's)"
             )
         self._logger.info(
             f"Video semantic segmentation results on '{self.dataset_name}' "
@@ -287,14 +319,19 @@ class VideoSemSegEvaluator(DatasetEvaluator):
         return scores.argmax(dim=0).to(self._cpu_device).numpy().astype(np.int64)
 
     def _new_sweep(self) -> Optional[SeenBiasSweep]:
-        """The seen-bias sweep, where both class groups are scored (None otherwise)."""
+        """The seen-bias sweep, where both class groups are scored and calibration moves
+        scores (some classes biased, not all; None otherwise)."""
         if not (self.seen_classes and self.unseen_classes):
+            return None
+        if not self.biased_classes or len(self.biased_classes) == self._num_classes:
             return None
         return SeenBiasSweep(
             self._num_classes,
             self.seen_classes,
             self.unseen_classes,
             ignore_label=self._ignore_label,
+            biased_classes=self.biased_classes,
+            applied_bias=self.seen_bias,
         )
 
     def _sweep_results(self, states: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:

@@ -1,20 +1,22 @@
 """Decoder logits -> class probabilities, and calibrated stacking of the seen classes.
 
 :func:`class_probabilities` is the end of the OV2VSS forward at inference: logits at the decoder
-stride are upsampled to the padded frame, turned into probabilities over the active vocabulary
-(softmax), cropped to the unpadded frame and resized to the output size.
-:func:`calibrated_stacking` (Chao et al. 2016; ``MODEL.OV2VSS.SEEN_BIAS``, see
-docs/METRICS.md) lowers the seen classes' scores by gamma before that.
+stride are upsampled to the padded frame, cropped to the unpadded frame and resized to the
+output size (what detectron2's ``sem_seg_postprocess`` does, here on the logits), calibrated
+(:func:`calibrated_stacking`: Chao et al. 2016, ``MODEL.OV2VSS.SEEN_BIAS``, docs/METRICS.md)
+and only then turned into probabilities over the active vocabulary (softmax). Resizing comes
+first so that the calibration is exact at any output size: lowering the seen classes' scores
+does not commute with resizing probabilities, but it does with resizing logits, so the
+evaluator's seen-bias sweep on the probabilities predicts a calibrated run exactly.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..vocabulary import vocabulary_key
 
@@ -46,8 +48,8 @@ def calibrated_stacking(logits: torch.Tensor, seen: Sequence[bool], gamma: float
 
     The softmax of :func:`class_probabilities` renormalises, and log p differs from the logits
     by a per-pixel constant, so subtracting gamma from the seen classes' logits [B, N, h, w]
-    (``seen``: one flag per class of the active vocabulary) is the same; bilinear upsampling
-    commutes with a per-class constant. Unchanged when gamma is 0 or no class is seen.
+    (``seen``: one flag per class of the active vocabulary) is the same. Unchanged when gamma
+    is 0 or no class is seen.
     """
     if gamma == 0:
         return logits
@@ -66,35 +68,61 @@ def upsample(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def _output_logits(
+    logits: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    seen: Optional[Sequence[bool]],
+    gamma: float,
+) -> torch.Tensor:
+    """Logits [1, n, h, w] of one frame -> calibrated logits [1, n, H, W] at the output size:
+    upsampled to the padded size, cropped to the unpadded one, resized (as
+    ``sem_seg_postprocess``), then calibrated."""
+    full = upsample(logits, padded_size)[:, :, : image_size[0], : image_size[1]]
+    if tuple(full.shape[-2:]) != tuple(output_size):
+        full = upsample(full, output_size)
+    return calibrated_stacking(full, seen, gamma) if seen is not None else full
+
+
 def class_probabilities(
     logits: torch.Tensor,
     padded_size: Tuple[int, int],
     image_sizes: Sequence[Tuple[int, int]],
     output_sizes: Sequence[Tuple[int, int]],
     class_chunk: int,
+    seen: Optional[Sequence[bool]] = None,
+    gamma: float = 0.0,
 ) -> List[Dict[str, torch.Tensor]]:
-    """Decoder logits [B, N, h, w] -> ``[{"sem_seg": [N, H, W]}]``: class probabilities
-    upsampled to the padded size, cropped to each unpadded size and resized to the output size.
+    """Decoder logits [B, N, h, w] -> ``[{"sem_seg": [N, H, W]}]``: logits upsampled to the
+    padded size, cropped to each unpadded size, resized to the output size, calibrated
+    (gamma subtracted from the classes flagged in ``seen``; none without it), then the softmax.
 
     Vocabularies larger than ``class_chunk`` go through in chunks of classes (two passes: the
     softmax normaliser, then the probabilities), so the peak is the [N, H, W] output itself.
     """
+    if seen is not None and len(seen) != logits.shape[1]:
+        raise ValueError(f"logits have {logits.shape[1]} classes but {len(seen)} seen flags")
     results = []
-    for lg, size, (h, w) in zip(logits, image_sizes, output_sizes):
+    for lg, size, out_size in zip(logits, image_sizes, output_sizes):
         lg = lg.unsqueeze(0)
         if lg.shape[1] <= class_chunk:
-            probs = upsample(lg, padded_size).softmax(dim=1)[0]
-            results.append({"sem_seg": sem_seg_postprocess(probs, size, h, w)})
+            full = _output_logits(lg, padded_size, size, out_size, seen, gamma)
+            results.append({"sem_seg": full.softmax(dim=1)[0]})
             continue
-        chunks = lg.split(class_chunk, dim=1)
+        bounds = [
+            (s, min(s + class_chunk, lg.shape[1])) for s in range(0, lg.shape[1], class_chunk)
+        ]
+
+        def chunk(start: int, stop: int) -> torch.Tensor:
+            flags = seen[start:stop] if seen is not None else None
+            return _output_logits(lg[:, start:stop], padded_size, size, out_size, flags, gamma)
+
         lse = torch.logsumexp(
-            torch.stack([upsample(c, padded_size).logsumexp(dim=1) for c in chunks]), dim=0
-        )  # [1, Hp, Wp]
-        out = torch.empty((lg.shape[1], h, w), dtype=lg.dtype, device=lg.device)
-        start = 0
-        for c in chunks:
-            probs = (upsample(c, padded_size) - lse.unsqueeze(1)).exp_()[0]
-            out[start : start + c.shape[1]] = sem_seg_postprocess(probs, size, h, w)
-            start += c.shape[1]
+            torch.stack([chunk(a, b).logsumexp(dim=1) for a, b in bounds]), dim=0
+        )  # [1, H, W]
+        out = torch.empty((lg.shape[1], *out_size), dtype=lg.dtype, device=lg.device)
+        for a, b in bounds:
+            out[a:b] = (chunk(a, b) - lse.unsqueeze(1)).exp_()[0]
         results.append({"sem_seg": out})
     return results

@@ -5,7 +5,7 @@ patch tokens (stride = patch size) are projected to OUT_CHANNELS and resized to 
 a plain "simple feature pyramid" so that STCF sees the same kind of pyramid as with a ResNet.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
