@@ -368,8 +368,9 @@ def launchers(parse_args, tiny_config_file, repo_root, tmp_path_factory):
     the first checkpoint."""
     train_net = [os.path.join(repo_root, "train_net.py"), "--config-file", tiny_config_file]
 
-    out = str(tmp_path_factory.mktemp("launch") / "run")
-    args = parse_args(out, "DATALOADER.NUM_WORKERS", 1)
+    # each run's own folder name: the watcher threads read them later
+    launch_out = str(tmp_path_factory.mktemp("launch") / "run")
+    args = parse_args(launch_out, "DATALOADER.NUM_WORKERS", 1)
     launch = _Launcher(
         [sys.executable, *train_net, "--num-gpus", "2", "--dist-url", "auto", *args.opts]
     )
@@ -378,12 +379,14 @@ def launchers(parse_args, tiny_config_file, repo_root, tmp_path_factory):
     launch.then(
         lambda: os.killpg(launch.proc.pid, signal.SIGTERM),
         lambda: launch.wait_for("Starting training from iteration 0"),
-        lambda: launch.wait_for_log(f"{out}/log.txt.rank1", "Starting training from iteration 0"),
+        lambda: launch.wait_for_log(
+            f"{launch_out}/log.txt.rank1", "Starting training from iteration 0"
+        ),
     )
-    runs = {"launch": (launch, out)}
+    runs = {"launch": (launch, launch_out)}
 
-    out = str(tmp_path_factory.mktemp("torchrun") / "run")
-    args = parse_args(out, "SOLVER.CHECKPOINT_PERIOD", 1)
+    torchrun_out = str(tmp_path_factory.mktemp("torchrun") / "run")
+    args = parse_args(torchrun_out, "SOLVER.CHECKPOINT_PERIOD", 1)
     torchrun = _Launcher(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "--max-restarts", "1", *train_net, *args.opts]
@@ -395,9 +398,11 @@ def launchers(parse_args, tiny_config_file, repo_root, tmp_path_factory):
 
     torchrun.then(
         kill_rank1,
-        lambda: torchrun.wait_for("Saving checkpoint to " + os.path.join(out, "model_0000000.pth")),
+        lambda: torchrun.wait_for(
+            "Saving checkpoint to " + os.path.join(torchrun_out, "model_0000000.pth")
+        ),
     )
-    runs["torchrun"] = (torchrun, out)
+    runs["torchrun"] = (torchrun, torchrun_out)
     yield runs
     for run, _ in runs.values():
         if run.proc.poll() is None:  # a test that failed early
