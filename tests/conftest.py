@@ -57,27 +57,6 @@ def _toy_names_per_test():
 
 
 @pytest.fixture(scope="session")
-def random_window() -> Callable:
-    """``random_window(size, seed, classes=0, output_size=None)``: one model input of random
-    frames (a 4-frame clip and the random frame, uint8, ``size`` = (h, w)), with a random
-    ``sem_seg`` of ``classes`` labels when ``classes`` > 0, to be resized to ``output_size``."""
-
-    def make(size, seed, classes=0, output_size=None) -> Dict:
-        g = torch.Generator().manual_seed(seed)
-        h, w = size
-        window = {
-            "frames": torch.randint(0, 256, (4, 3, h, w), generator=g, dtype=torch.uint8),
-            "random_frame": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-        }
-        if classes:
-            window["sem_seg"] = torch.randint(0, classes, (h, w), generator=g)
-        window["height"], window["width"] = output_size or size
-        return window
-
-    return make
-
-
-@pytest.fixture(scope="session")
 def repo_root() -> str:
     """The checkout (configs/, datasets/, demo/, train_net.py)."""
     return REPO

@@ -14,14 +14,17 @@ from detectron2.modeling import build_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ov2vss.engine.training_cost import synthetic_window
 from ov2vss.predictor import VideoPredictor
 
 NAMES = [f"object number {i}" for i in range(11)]
 
 
-def test_chunked_classes_give_the_unchunked_outputs(tiny_cfg, random_window):
+def test_chunked_classes_give_the_unchunked_outputs(tiny_cfg):
     opts = ("MODEL.CLIP.INPUT_SIZE", 32, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()")
-    window = random_window((40, 56), seed=0, output_size=(50, 70))
+    window = synthetic_window(4, (40, 56), num_classes=1, seed=0)
+    del window["sem_seg"]  # an inference input, to be resized to 50 x 70
+    window.update(height=50, width=70)
     outs = []
     for chunk in (64, 4, 1):
         torch.manual_seed(0)

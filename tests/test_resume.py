@@ -18,6 +18,7 @@ from detectron2.utils.events import EventStorage
 from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.build import ResumableTrainLoader
 from ov2vss.engine import StepTrainer, Trainer, build_step_trainer, setup
+from ov2vss.engine.training_cost import synthetic_window
 from ov2vss.errors import SetupError
 from ov2vss.solver import build_lr_scheduler
 
@@ -293,7 +294,7 @@ CUDA_RECIPE_CONFIGS = {
 
 
 @pytest.mark.parametrize("name", sorted(CUDA_RECIPE_CONFIGS))
-def test_fp16_autocast_with_a_gradient_scaler_trains(name, repo_root, random_window):
+def test_fp16_autocast_with_a_gradient_scaler_trains(name, repo_root):
     """The CUDA recipe of SOLVER.AMP (fp16 autocast, GradScaler) as far as a CPU shows it: one
     step of the config's model on a 32x32 window (random weights, CLIP at 32 px, 4 names):
     finite loss, a gradient on every trainable parameter, finite after unscaling, no skipped
@@ -312,7 +313,7 @@ def test_fp16_autocast_with_a_gradient_scaler_trains(name, repo_root, random_win
     # VTE's zero-initialised residuals would block the gradient of the layers before them
     torch.nn.init.normal_(model.vte.attn.out_proj.weight, std=0.02)
     torch.nn.init.normal_(model.vte.ffn[-1].weight, std=0.02)
-    window = random_window((32, 32), seed=1, classes=4)
+    window = synthetic_window(4, (32, 32), num_classes=4, seed=1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=0.0)  # the step itself is GradScaler's
     scaler = torch.amp.GradScaler("cpu")

@@ -23,6 +23,7 @@ from ov2vss.config import get_ov2vss_cfg
 from ov2vss.data.datasets.register_cityscapes_video import register_cityscapes_video
 from ov2vss.data.datasets.register_vspw import register_all_vspw
 from ov2vss.engine import check_dataset_files, check_eval_weights, setup
+from ov2vss.engine.training_cost import synthetic_window
 from ov2vss.errors import SetupError
 
 TOY_TESTS = ("vspw_toy_val_unseen", "vspw_toy_val_seen", "vspw_toy_val_all")
@@ -244,7 +245,7 @@ def test_paper_configs_have_the_paper_hyper_parameters(path):
 # the VSPW one's model (checked above). The R-50/R-101 configs differ from the tiny config the
 # other tests build only in sizes (~5 s more each).
 @pytest.mark.parametrize("path", ["configs/vspw/ov2vss_sam_vitb.yaml", OFFICIAL])
-def test_paper_configs_build_a_model_that_segments_a_window(path, random_window):
+def test_paper_configs_build_a_model_that_segments_a_window(path):
     """The model the config describes, at full size with random weights (no files read),
     segments one 64 x 96 window with a 2-name vocabulary (CLIP's input shrunk to 32 px)."""
     cfg = load_config(
@@ -257,7 +258,8 @@ def test_paper_configs_build_a_model_that_segments_a_window(path, random_window)
     assert len(model.backbone.net.blocks) == 12 and model.backbone.net.pos_embed.shape[-1] == 768
     templates = 80 if path == OFFICIAL else 1  # ImageNet templates as cost-volume channels
     assert model.head.cost_conv[0].in_channels == templates
-    window = random_window((64, 96), seed=0)
+    window = synthetic_window(4, (64, 96), num_classes=1, seed=0)
+    del window["sem_seg"]  # an inference input
     with torch.no_grad(), model.vocabulary(["road", "sky"]):
         (out,) = model([window])
     assert out["sem_seg"].shape == (2, 64, 96)
